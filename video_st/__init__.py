@@ -1,0 +1,33 @@
+"""video_st: Sparse-Tuning and parameter-efficient fine-tuning of Vision Transformers for video recognition.
+
+Public API::
+
+    import video_st
+    model = video_st.create_model("vit_base_patch16", method="sparse_tuning", num_classes=400,
+                                  pretrained="vit_b16_in21k.npz")
+"""
+
+from . import compat as _compat
+
+_compat.apply()  # before anything imports torchvision (timm, transformers): see compat.py
+
+from .models.adapters import load_trainable_state_dict, mark_trainable, trainable_state_dict  # noqa: E402
+from .models.convert import CheckpointError  # noqa: E402
+from .models.factory import convert_checkpoint, create_model, list_methods, list_models  # noqa: E402
+from .models.sparsify import KeepRateWarmup  # noqa: E402
+from .models.vit import VideoViT  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "KeepRateWarmup",
+    "VideoViT",
+    "convert_checkpoint",
+    "create_model",
+    "list_methods",
+    "list_models",
+    "load_trainable_state_dict",
+    "mark_trainable",
+    "trainable_state_dict",
+]

@@ -1,0 +1,1 @@
+"""Models: layers, token sparsification, adapters, the video ViT, checkpoint conversion, FLOP counting."""
