@@ -78,8 +78,10 @@ def create_model(
     converted = to_video_st(pretrained) if pretrained is not None else None
     args: dict[str, Any] = dict(_VARIANTS[arch])
     if converted is not None:
-        _check_arch(arch, args, converted.arch, kwargs)
-        args.update({k: v for k, v in converted.arch.items() if k not in ("embed_dim", "depth", "num_heads")})
+        # A converted file records its whole architecture; other sources only prove some of it, and a mismatch
+        # with the named variant means the wrong arch was asked for.
+        _check_arch(arch, {} if converted.source == "video_st" else args, converted.arch, kwargs)
+        args.update(converted.arch)
     args.update(METHODS[method])
     args.update(kwargs)
     if method == "sparse_tuning" and "sparse_layers" not in kwargs:
