@@ -61,7 +61,7 @@ def _timm_to_jax_npz(sd, path):
         b, s = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
         att = b + "MultiHeadDotProductAttention_1/"
         qkv_w, qkv_b = sd[s + "attn.qkv.weight"].chunk(3), sd[s + "attn.qkv.bias"].chunk(3)
-        for name, w, bias in zip(("query", "key", "value"), qkv_w, qkv_b):
+        for name, w, bias in zip(("query", "key", "value"), qkv_w, qkv_b, strict=True):
             out[f"{att}{name}/kernel"] = n(w.T.reshape(dim, heads, hd))
             out[f"{att}{name}/bias"] = n(bias.reshape(heads, hd))
         out[att + "out/kernel"] = n(sd[s + "attn.proj.weight"].T.reshape(heads, hd, dim))
@@ -147,6 +147,15 @@ def test_hf_videomae_folder_parity(tmp_path, hf_videomae):
         expected = hf_videomae(pixel_values=clips).logits
         ours = model(clips.transpose(1, 2))
     assert (ours - expected).abs().max() < 1e-4
+
+
+def test_hf_videomae_safetensors_file_without_its_config(tmp_path, hf_videomae):
+    hf_videomae.save_pretrained(tmp_path / "hf")
+    # Without config.json the layer-norm eps falls back to transformers' default (1e-12), as the model used.
+    model = create_model("vit_tiny_test", pretrained=tmp_path / "hf" / "model.safetensors", **HF_GEOMETRY).eval()
+    clips = torch.randn(1, 8, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(clips.transpose(1, 2)) - hf_videomae(pixel_values=clips).logits).abs().max() < 1e-4
 
 
 def _hf_to_mcg(sd):

@@ -178,3 +178,40 @@ def test_wrong_input_shape_is_reported():
     model = create_model("vit_tiny_test")
     with pytest.raises(ValueError, match="expected input"):
         model(torch.randn(1, 3, 8, 32, 32))
+
+
+def _literal_dense_adapter_forward(model, x):
+    """The paper's Dense Adapter evaluated literally: every earlier adapter's d-wide output A_j is kept, passed
+    through each sparsification step with the same plan, and down-projected by the later adapters."""
+    from video_st.models.sparsify import plan_reduction
+
+    h = model._pos_embed(model.patch_embed(x))
+    prefix = model.num_prefix_tokens
+    outputs = []  # A_j, oldest first
+    for block in model.blocks:
+        attn_out, scores = block.attn(block.norm1(h), score_query="cls" if block.reduces else None)
+        h = h + attn_out
+        if block.reduces:
+            plan = plan_reduction(scores[:, prefix:], keep_rate=block.keep_rate, num_prefix=prefix, fuse=block.fuse)
+            h, outputs = plan.apply(h), [plan.apply(a) for a in outputs]
+        adapter = block.adapter
+        inputs = [h] + outputs[::-1][: adapter.num_inputs - 1]
+        a = adapter.scale * adapter.up(adapter.act(sum(down(i) for down, i in zip(adapter.downs, inputs, strict=True))))
+        outputs = (outputs + [a])[-2:]
+        h = h + block.mlp(block.norm2(h)) + a
+    return model.forward_head(model.norm(h))
+
+
+@pytest.mark.parametrize("fuse", ["mean", "sum"])
+def test_dense_adapter_evaluation_order_is_exact(fuse):
+    model = create_model("vit_tiny_test", method="sparse_tuning", sparse_layers=(2, 3), keep_rate=0.6,
+                         adapter_scale=0.5, fuse=fuse).eval()
+    _randomise_adapters(model)
+    x = tiny_clip()
+    ours, literal = model(x), _literal_dense_adapter_forward(model, x)
+    torch.testing.assert_close(ours, literal, rtol=1e-5, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads_ours = torch.autograd.grad(ours.square().sum(), params)
+    grads_literal = torch.autograd.grad(literal.square().sum(), params)
+    for g_ours, g_literal in zip(grads_ours, grads_literal, strict=True):
+        torch.testing.assert_close(g_ours, g_literal, rtol=1e-4, atol=1e-5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -95,7 +94,7 @@ def create_model(
     if converted is not None:
         load_converted(model, converted.state_dict, inflation=inflation, origin=os.fspath(pretrained))
     mark_trainable(model, method)
-    model.create_args = {"arch": arch, "method": method, **{k: v for k, v in args.items()}}
+    model.create_args = {"arch": arch, "method": method, **args}
     return model
 
 
@@ -149,9 +148,8 @@ def convert_checkpoint(
     model = create_model(arch or _guess_arch(converted.arch), pretrained=src, inflation=inflation, **kwargs)
     meta = {"source": converted.source, "arch_name": model.create_args["arch"], "inflation": inflation}
     meta["arch"] = {k: v for k, v in model.create_args.items() if k not in ("arch", "method") and not k.startswith("adapter")}
-    state = {k: v for k, v in model.state_dict().items()}
     tmp = f"{os.fspath(dst)}.tmp"
-    torch.save({"state_dict": state, "video_st": meta}, tmp)
+    torch.save({"state_dict": model.state_dict(), "video_st": meta}, tmp)
     os.replace(tmp, dst)
     return meta
 

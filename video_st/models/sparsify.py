@@ -63,7 +63,9 @@ class Reduction:
 
 
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    # Advanced indexing rather than torch.gather: gather's backward keeps its index expanded to (B, k, D) int64,
+    # twice the bytes of the float32 tokens it selects; indexing keeps only the (B, k) indices.
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
 
 
 def plan_reduction(scores: torch.Tensor, *, keep_rate: float, num_prefix: int, fuse: str = "mean") -> Reduction:

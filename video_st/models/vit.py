@@ -17,19 +17,19 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .adapters import DenseAdapter, ParallelAdapter
+from .adapters import AdapterState, DenseAdapter, ParallelAdapter
 from .layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed3d, fixed_grid_table
 from .sparsify import FUSE_MODES, expand_keep_rates, plan_reduction
 
-History = tuple[torch.Tensor, ...]
+History = tuple[AdapterState, ...]  # states of the most recent Dense Adapters, oldest first
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: attention -> [reducer] -> MLP beside [adapter].
 
     ``forward`` is a pure function of its inputs (no state is mutated), so gradient checkpointing may recompute
-    it: ``(x, history, token_ids) -> (x, history, token_ids)`` where ``history`` holds the outputs of the previous
-    Dense Adapters and ``token_ids`` the original-grid id of every non-prefix token.
+    it: ``(x, history, token_ids) -> (x, history, token_ids)`` where ``history`` holds the states of the previous
+    Dense Adapters (see ``DenseAdapter``) and ``token_ids`` the original-grid id of every non-prefix token.
     """
 
     def __init__(
@@ -79,14 +79,14 @@ class Block(nn.Module):
                 scores[:, self.num_prefix :], keep_rate=self.keep_rate, num_prefix=self.num_prefix, fuse=self.fuse
             )
             x = plan.apply(x)
-            history = tuple(plan.apply(h) for h in history)
+            history = tuple((plan.apply(h_aug), up_aug) for h_aug, up_aug in history)
             token_ids = plan.apply_ids(token_ids)
 
         ffn = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         if isinstance(self.adapter, DenseAdapter):
-            inputs = (x, *reversed(history))[: self.adapter.num_inputs]
-            adapted = self.adapter(inputs)
-            history = (*history, adapted)[-self.history_len :] if self.history_len else ()
+            previous = tuple(reversed(history))[: self.adapter.num_inputs - 1]
+            adapted, state = self.adapter(x, previous)
+            history = (*history, state)[-self.history_len :] if self.history_len else ()
             x = x + ffn + adapted
         elif self.adapter is not None:
             x = x + ffn + self.adapter(x)
@@ -269,10 +269,10 @@ class VideoViT(nn.Module):
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         if self.pos_embed_kind == "learned":
-            t = self.pos_embed_temporal.shape[1]
-            prefix_pos, spatial = self.pos_embed_spatial[:, : self.num_prefix_tokens], self.pos_embed_spatial[:, self.num_prefix_tokens :]
-            grid = (self.pos_embed_temporal[:, :, None, :] + spatial[:, None, :, :]).flatten(1, 2)
-            x = x + grid
+            prefix_pos = self.pos_embed_spatial[:, : self.num_prefix_tokens]
+            spatial = self.pos_embed_spatial[:, self.num_prefix_tokens :]
+            # (t) + (h w) -> (t h w): the spatial table is shared over time, the temporal one over space.
+            x = x + (self.pos_embed_temporal[:, :, None, :] + spatial[:, None, :, :]).flatten(1, 2)
         else:
             x = x + self.pos_embed_fixed.to(x.dtype)
         if self.cls_token is not None:

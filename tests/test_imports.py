@@ -1,0 +1,47 @@
+"""Imports run one way (docs/architecture.md): this reads every module's imports and fails on a wrong arrow."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "video_st"
+
+# module prefix -> top-level names it may not import (project subpackages or third-party libraries)
+FORBIDDEN = {
+    "video_st.models.layers": {"video_st.data", "video_st.engine", "video_st.config", "deepspeed", "timm", "transformers", "video_st.models.vit"},
+    "video_st.models.sparsify": {"video_st.data", "video_st.engine", "video_st.config", "deepspeed", "timm", "transformers", "video_st.models.vit"},
+    "video_st.models": {"video_st.data", "video_st.engine", "video_st.config", "video_st.profiling", "deepspeed"},
+    "video_st.data": {"video_st.models", "video_st.engine", "deepspeed"},
+    "video_st.profiling": {"deepspeed", "video_st.engine", "video_st.data"},
+}
+ALLOWED_THIRD_PARTY_IN_LOW_LAYERS = {"torch", "einops", "__future__", "math", "collections", "dataclasses", "typing"}
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.rsplit(".", node.level)[0]
+                names.add(f"{base}.{node.module}" if node.module else base)
+            else:
+                names.add(node.module)
+    return names
+
+
+def test_imports_run_one_way():
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        module = "video_st." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        imported = _imports(path, module)
+        for prefix, forbidden in FORBIDDEN.items():
+            if module == prefix or module.startswith(prefix + "."):
+                wrong += [f"{module} -> {name}" for name in imported if any(name == f or name.startswith(f + ".") for f in forbidden)]
+        if module in ("video_st.models.layers", "video_st.models.sparsify"):
+            wrong += [f"{module} -> {name}" for name in imported
+                      if name.split(".")[0] not in ALLOWED_THIRD_PARTY_IN_LOW_LAYERS and not name.startswith("video_st.models.")]
+        if not module.startswith("video_st.engine"):
+            wrong += [f"{module} -> {name}" for name in imported if name.split(".")[0] == "deepspeed"]
+    assert not wrong, "imports against the layering: " + ", ".join(sorted(wrong))
