@@ -11,3 +11,64 @@ def _seed():
 
 def tiny_clip(batch: int = 2, frames: int = 4, size: int = 32) -> torch.Tensor:
     return torch.randn(batch, 3, frames, size, size)
+
+
+def write_video(path, *, codec: str = "libx264", num_frames: int = 20, height: int = 48, width: int = 64, fps: int = 10,
+                seed: int = 0, faststart: bool = False) -> None:
+    """A real encoded video (PyAV): a bright bar moving right over a textured background; frame i has green = 10 i
+    so tests can tell frames apart after lossy coding."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 120, size=(height, width, 3), dtype=np.uint8)
+    options = {"movflags": "faststart"} if faststart else {}  # index at the front, as streaming mp4s have it
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            img = background.copy()
+            x = (i * 3) % max(1, width - 8)
+            img[:, x : x + 8, 0] = 250
+            img[..., 1] = min(255, i * 10)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="session")
+def video_files(tmp_path_factory):
+    """Real H.264 and VP9 files plus every kind of bad file, written once per session."""
+    root = tmp_path_factory.mktemp("videos")
+    files = {"h264": root / "a.mp4", "vp9": root / "b.webm", "short": root / "short.mp4", "portrait": root / "p.mp4"}
+    write_video(files["h264"])
+    write_video(files["vp9"], codec="libvpx-vp9", seed=1)
+    write_video(files["short"], num_frames=5, seed=2)
+    write_video(files["portrait"], height=64, width=48, seed=3)
+    good = files["h264"].read_bytes()
+    files["empty"] = root / "empty.mp4"
+    files["empty"].write_bytes(b"")
+    files["truncated"] = root / "truncated.mp4"
+    files["truncated"].write_bytes(good[: len(good) * 2 // 5])
+    files["garbage"] = root / "garbage.mp4"
+    files["garbage"].write_bytes(bytes(range(256)) * 40)
+    files["missing"] = root / "missing.mp4"
+    files["no_video"] = root / "audio_only.m4a"
+    _write_audio_only(files["no_video"])
+    return files
+
+
+def _write_audio_only(path) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for _ in range(5):
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

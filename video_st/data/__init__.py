@@ -1,0 +1,1 @@
+"""Video data: decoding, sampling, transforms, datasets, preprocessing jobs. Never imports models or engine."""

@@ -1,0 +1,401 @@
+"""Annotations -> video records -> clips: Kinetics CSV, Something-Something JSON, ``path label`` and frame lists.
+
+Bad input is handled by one policy:
+- an annotation line that does not parse is an :class:`AnnotationError` naming the file and the line;
+- missing files are found when the dataset is built (a stat per file, or a scan's invalid list) and reported
+  together: an error listing them, or, with ``missing="skip"``, a warning and their exclusion;
+- a video that fails to decode in TRAINING is replaced by another random sample; the failure travels with the
+  batch to the main process, where :class:`BadFileLog` logs each path once and writes the list at the end;
+- in TESTING a video is never replaced: the sample carries the error, the tester excludes, lists and counts it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .decode import BACKENDS, VideoReadError, open_video, read_frame_folder
+from .sampling import train_indices, view_indices
+
+_log = logging.getLogger(__name__)
+
+K400_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+
+
+class AnnotationError(ValueError):
+    def __init__(self, path: str | os.PathLike, line: int | str, reason: str) -> None:
+        self.path, self.line, self.reason = os.fspath(path), line, reason
+        super().__init__(f"{self.path}:{line}: {reason}")
+
+
+class MissingVideosError(FileNotFoundError):
+    def __init__(self, missing: Sequence[str], source: str) -> None:
+        self.missing = list(missing)
+        shown = "\n  ".join(self.missing[:20])
+        more = f"\n  ... and {len(self.missing) - 20} more" if len(self.missing) > 20 else ""
+        super().__init__(f"{len(self.missing)} videos of {source} are missing:\n  {shown}{more}")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    path: str
+    label: int
+    video_id: str
+    num_frames: int | None = None  # known for frame folders; videos report theirs when opened
+    is_frame_folder: bool = False
+
+
+# -- annotation readers ------------------------------------------------------------------------------------------
+def _resolve_k400(root: str, name: str, split: str, label: str) -> str:
+    # Layouts in use: ROOT/NAME, ROOT/SPLIT/NAME, ROOT/SPLIT/LABEL/NAME; the first that exists, else ROOT/NAME.
+    candidates = [os.path.join(root, name), os.path.join(root, split, name), os.path.join(root, split, label, name)]
+    return next((c for c in candidates if os.path.exists(c)), candidates[0])
+
+
+def read_k400_csv(path: str | os.PathLike, root: str | os.PathLike, class_names: Sequence[str] | None = None,
+                  ) -> tuple[list[VideoRecord], list[str]]:
+    """Official Kinetics CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``) -> records, class names.
+
+    Without ``class_names`` the classes are this file's labels sorted (the usual K400 indexing); pass the training
+    set's list when reading validation so indices agree."""
+    path, root = os.fspath(path), os.fspath(root)
+    rows: list[tuple[int, dict[str, str]]] = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:5]] != list(K400_COLUMNS):
+            raise AnnotationError(path, 1, f"expected header {','.join(K400_COLUMNS)}[,is_cc], got {header}")
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < 5:
+                raise AnnotationError(path, line, f"expected at least 5 comma-separated fields, got {len(row)}")
+            rows.append((line, dict(zip(K400_COLUMNS, (r.strip() for r in row[:5]), strict=True))))
+    names = list(class_names) if class_names is not None else sorted({r["label"] for _, r in rows})
+    index = {n: i for i, n in enumerate(names)}
+    records = []
+    for line, row in rows:
+        try:
+            start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+        except ValueError:
+            raise AnnotationError(path, line, f"time_start/time_end not numbers: {row['time_start']!r}, {row['time_end']!r}") from None
+        if row["label"] not in index:
+            raise AnnotationError(path, line, f"label {row['label']!r} is not among the {len(names)} classes")
+        name = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
+        records.append(VideoRecord(_resolve_k400(root, name, row["split"], row["label"]), index[row["label"]], name[:-4]))
+    return records, names
+
+
+def read_path_label_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
+    """``relative/path.mp4 label`` per line (VideoMAE's lists; the path may contain spaces)."""
+    path, records = os.fspath(path), []
+    with open(path) as f:
+        for line, text in enumerate(f, start=1):
+            text = text.strip()
+            if not text:
+                continue
+            parts = text.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise AnnotationError(path, line, f"expected 'path label', got {text!r}")
+            records.append(VideoRecord(os.path.join(os.fspath(root), parts[0]), int(parts[1]), os.path.splitext(parts[0])[0]))
+    return records
+
+
+def read_frame_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
+    """``frame_dir num_frames label`` per line (preprocessed frame folders)."""
+    path, records = os.fspath(path), []
+    with open(path) as f:
+        for line, text in enumerate(f, start=1):
+            text = text.strip()
+            if not text:
+                continue
+            parts = text.rsplit(maxsplit=2)
+            if len(parts) != 3 or not parts[1].isdigit() or not parts[2].lstrip("-").isdigit():
+                raise AnnotationError(path, line, f"expected 'frame_dir num_frames label', got {text!r}")
+            if int(parts[1]) < 1:
+                raise AnnotationError(path, line, "num_frames must be at least 1")
+            records.append(VideoRecord(os.path.join(os.fspath(root), parts[0]), int(parts[2]), parts[0], int(parts[1]), True))
+    return records
+
+
+def strip_template(template: str) -> str:
+    return template.replace("[", "").replace("]", "")
+
+
+def read_ssv2(labels_json: str | os.PathLike, split_json: str | os.PathLike, root: str | os.PathLike,
+              ext: str = ".webm") -> tuple[list[VideoRecord], list[str]]:
+    """Something-Something-v2: labels JSON (template -> "index") + a split JSON -> records ``ROOT/{id}{ext}``."""
+    labels_json, split_json = os.fspath(labels_json), os.fspath(split_json)
+    with open(labels_json) as f:
+        try:
+            labels = {k: int(v) for k, v in json.load(f).items()}
+        except (json.JSONDecodeError, ValueError, AttributeError) as err:
+            raise AnnotationError(labels_json, "-", f"expected a JSON object template -> index: {err}") from err
+    names = [name for name, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+    with open(split_json) as f:
+        try:
+            entries = json.load(f)
+        except json.JSONDecodeError as err:
+            raise AnnotationError(split_json, err.lineno, f"invalid JSON: {err.msg}") from err
+    records = []
+    for n, entry in enumerate(entries):
+        where = f"entry {n}"
+        if not isinstance(entry, dict) or "id" not in entry or "template" not in entry:
+            raise AnnotationError(split_json, where, f"expected an object with 'id' and 'template', got {str(entry)[:80]}")
+        template = strip_template(entry["template"])
+        if template not in labels:
+            raise AnnotationError(split_json, f"{where} (id {entry['id']})", f"template {template!r} not in {labels_json}")
+        records.append(VideoRecord(os.path.join(os.fspath(root), f"{entry['id']}{ext}"), labels[template], str(entry["id"])))
+    return records, names
+
+
+def save_class_names(names: Sequence[str], path: str | os.PathLike) -> None:
+    """The class index -> name map saved with a run (JSON list), written atomically."""
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(list(names), f, indent=1)
+    os.replace(tmp, path)
+
+
+def check_files(records: Sequence[VideoRecord], *, source: str, missing: str = "error",
+                invalid_list: str | os.PathLike | None = None) -> list[VideoRecord]:
+    """Find every missing (or scan-listed invalid) file at once; raise listing them all, or drop them."""
+    if missing not in ("error", "skip"):
+        raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
+    invalid: set[str] = set()
+    if invalid_list is not None:
+        with open(invalid_list) as f:
+            invalid = {line.split("\t")[0].strip() for line in f if line.strip()}
+    gone = [r.path for r in records if r.path in invalid or not os.path.exists(r.path)]
+    if not gone:
+        return list(records)
+    if missing == "error":
+        raise MissingVideosError(gone, source)
+    _log.warning("%s: skipping %d missing or invalid videos (first: %s)", source, len(gone), gone[0])
+    bad = set(gone)
+    return [r for r in records if r.path not in bad]
+
+
+# -- clips -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut from a video: ``dense`` (K400: frames ``stride`` apart) or ``segment`` (SSv2: TSN)."""
+
+    sampling: str = "dense"
+    num_frames: int = 8
+    stride: int = 8
+    num_temporal_views: int = 1
+    num_spatial_views: int = 3
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Clips of videos (or frame folders) for training (``mode="train"``) or multi-view testing (``"test"``).
+
+    Train item: ``{"video": (C, T, H, W) or (R, C, T, H, W) with R repeated augmentations, "label", "index",
+    "failed": [(path, cause), ...]}`` (the failures met and replaced on the way).
+    Test item: ``{"views": (V, C, T, H, W) or None, "view_ok": bool list, "label", "index", "video_id", "error"}``
+    with V = temporal x spatial views, temporal-major; all views come from one decode of the union of frames.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        *,
+        mode: str,
+        clip: ClipSpec,
+        transform: Callable[..., Any],
+        backend: str = "decord",
+        decode_threads: int = 1,
+        repeats: int = 1,
+        max_retries: int = 10,
+        frame_template: str = "img_{:05d}.jpg",
+        seed: int = 0,
+    ) -> None:
+        if mode not in ("train", "test"):
+            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not records:
+            raise ValueError("no videos to read")
+        self.records, self.mode, self.clip, self.transform = list(records), mode, clip, transform
+        self.backend, self.decode_threads, self.repeats = backend, decode_threads, repeats
+        self.max_retries, self.frame_template, self.seed = max_retries, frame_template, seed
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _rng(self, index: int) -> random.Random:
+        # torch.initial_seed() differs per worker and per epoch (the loader draws a base seed each epoch), so
+        # clips change every epoch yet a seeded run is reproducible.
+        return random.Random((torch.initial_seed() * 1_000_003 + index * 7919 + self.seed) % 2**63)
+
+    def _open(self, record: VideoRecord):
+        if record.is_frame_folder:
+            return _FrameFolder(record, self.frame_template)
+        return open_video(record.path, backend=self.backend, num_threads=self.decode_threads)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._train_item(index) if self.mode == "train" else self._test_item(index)
+
+    def _train_item(self, index: int) -> dict[str, Any]:
+        rng = self._rng(index)
+        failed: list[tuple[str, str]] = []
+        for _ in range(self.max_retries + 1):
+            record = self.records[index]
+            try:
+                source = self._open(record)
+                clips, labels = [], []
+                for _ in range(self.repeats):
+                    idx = train_indices(source.num_frames, sampling=self.clip.sampling, num_frames=self.clip.num_frames,
+                                        stride=self.clip.stride, rng=rng)
+                    video, label = self.transform(source.read(idx), record.label, rng)
+                    clips.append(video)
+                    labels.append(label)
+            except VideoReadError as err:
+                failed.append((err.path, err.cause))
+                index = rng.randrange(len(self.records))
+                continue
+            video = clips[0] if self.repeats == 1 else torch.stack(clips)
+            label = labels[0] if self.repeats == 1 else torch.tensor(labels)
+            return {"video": video, "label": label, "index": index, "failed": failed}
+        raise RuntimeError(f"{self.max_retries + 1} videos in a row failed to decode; last: {failed[-1]}")
+
+    def _test_item(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        item = {"views": None, "view_ok": [], "label": record.label, "index": index, "video_id": record.video_id,
+                "path": record.path, "error": None}
+        spatial = self.clip.num_spatial_views
+        try:
+            source = self._open(record)
+            temporal = view_indices(source.num_frames, sampling=self.clip.sampling, num_frames=self.clip.num_frames,
+                                    stride=self.clip.stride, num_temporal=self.clip.num_temporal_views)
+        except VideoReadError as err:
+            item["error"] = err.cause
+            return item
+        try:
+            union = sorted({i for view in temporal for i in view})
+            frames = dict(zip(union, source.read(union), strict=True))
+            per_view = [[frames[i] for i in view] for view in temporal]
+            ok = [True] * len(temporal)
+        except VideoReadError as err:
+            # One read failed (e.g. a truncated file whose late frames do not decode): salvage the views that do.
+            per_view, ok = [], []
+            for view in temporal:
+                try:
+                    per_view.append(list(source.read(view)))
+                    ok.append(True)
+                except VideoReadError:
+                    per_view.append(None)
+                    ok.append(False)
+            if not any(ok):
+                item["error"] = err.cause
+                return item
+        views, view_ok = [], []
+        for frames_of_view, good in zip(per_view, ok, strict=True):
+            if not good:
+                view_ok += [False] * spatial
+                continue
+            crops = self.transform.all_crops(torch.from_numpy(np.stack(frames_of_view)))
+            views += crops
+            view_ok += [True] * spatial
+        item["views"], item["view_ok"] = torch.stack(views), view_ok
+        if not all(view_ok):
+            item["error"] = f"{view_ok.count(False)} of {len(view_ok)} views failed to decode"
+        return item
+
+
+class _FrameFolder:
+    """A frame folder seen through the same interface as an opened video."""
+
+    def __init__(self, record: VideoRecord, template: str) -> None:
+        self.path, self.template = record.path, template
+        if not os.path.isdir(self.path):
+            raise VideoReadError(self.path, "no such frame folder")
+        self.num_frames = record.num_frames or sum(1 for n in os.listdir(self.path) if n.endswith(".jpg"))
+
+    def read(self, indices: Sequence[int]):
+        return read_frame_folder(self.path, indices, template=self.template)
+
+
+# -- batches and the bad-file report -----------------------------------------------------------------------------
+def train_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    videos = [b["video"] for b in batch]
+    labels = [torch.as_tensor(b["label"]) for b in batch]
+    video = torch.cat(videos) if videos[0].dim() == 5 else torch.stack(videos)  # repeats flatten into the batch
+    label = torch.cat([lab.reshape(-1) for lab in labels])
+    return {"video": video, "label": label, "index": torch.tensor([b["index"] for b in batch]),
+            "failed": [f for b in batch for f in b["failed"]]}
+
+
+def eval_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Good videos stacked; failed ones listed, never replaced."""
+    good = [b for b in batch if b["views"] is not None]
+    out: dict[str, Any] = {
+        "failed": [{"path": b["path"], "index": b["index"], "error": b["error"]} for b in batch if b["views"] is None],
+        "partial": [{"path": b["path"], "index": b["index"], "error": b["error"], "view_ok": b["view_ok"]}
+                    for b in good if b["error"]],
+    }
+    if good:
+        out["views"] = torch.cat([b["views"] for b in good])
+        out["view_counts"] = torch.tensor([b["views"].shape[0] for b in good])
+        out["label"] = torch.tensor([b["label"] for b in good])
+        out["index"] = torch.tensor([b["index"] for b in good])
+    return out
+
+
+@dataclass
+class BadFileLog:
+    """Collects decode failures reported by batches (from any worker) in the main process; logs each once."""
+
+    seen: dict[str, str] = field(default_factory=dict)
+    occurrences: int = 0
+
+    def record(self, failures: Iterable[tuple[str, str]]) -> None:
+        for path, cause in failures:
+            self.occurrences += 1
+            if path not in self.seen:
+                self.seen[path] = cause
+                _log.warning("unreadable video replaced by another sample: %s (%s)", path, cause)
+
+    def write(self, path: str | os.PathLike) -> None:
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "w") as f:
+            for bad, cause in sorted(self.seen.items()):
+                f.write(f"{bad}\t{cause}\n")
+        os.replace(tmp, path)
+
+
+def _worker_init(_: int) -> None:
+    # Each worker decodes with its own bounded threads; torch's intra-op pool would otherwise spawn one thread
+    # per core in every worker and oversubscribe the CPU the GPUs' input depends on.
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: VideoClipDataset, *, batch_size: int, num_workers: int = 4, shuffle: bool | None = None,
+                sampler: torch.utils.data.Sampler | None = None, pin_memory: bool = True, prefetch_factor: int = 2,
+                drop_last: bool | None = None, generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader that keeps accelerators fed: workers with persistent state, pinned memory, prefetching."""
+    train = dataset.mode == "train"
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=(train if shuffle is None else shuffle) if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=train_collate if train else eval_collate,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        drop_last=train if drop_last is None else drop_last,
+        worker_init_fn=_worker_init,
+        generator=generator,
+    )

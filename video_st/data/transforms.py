@@ -1,0 +1,134 @@
+"""Video transforms: uint8 frames in, normalised float (C, T, H, W) out, one set of random parameters per clip.
+
+torchvision.transforms.v2 applies one draw of random parameters to a whole ``tv_tensors.Video`` (T, C, H, W), so
+every frame of a clip gets the same crop, flip and RandAugment ops; the functions here compose those and add the
+test-time crops and the label-aware flip that Something-Something needs (left/right are classes there).
+Batch-level mixup/cutmix for video comes from pytorchvideo (``make_mixup``): its cutmix box spans H x W and all
+frames, unlike timm's, which would cut along T on 5-D input.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from einops import rearrange
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_video(frames: np.ndarray | torch.Tensor) -> tv_tensors.Video:
+    """uint8 (T, H, W, C) from a decoder -> tv_tensors.Video (T, C, H, W), no copy of the pixels."""
+    tensor = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
+    return tv_tensors.Video(rearrange(tensor, "t h w c -> t c h w"))
+
+
+def normalize(video: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (T, C, H, W) -> float32 (C, T, H, W), scaled to [0, 1] then normalised per channel."""
+    x = video.as_subclass(torch.Tensor).float().div_(255.0)
+    x = rearrange(x, "t c h w -> c t h w")
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(3, 1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(3, 1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def spatial_crop(video: torch.Tensor, size: int, index: int, num_crops: int = 3) -> torch.Tensor:
+    """Square crop ``index`` of ``num_crops`` along the long side (left/centre/right, or top/centre/bottom for
+    portrait video); one crop is the centre crop. Input is already resized so that its short side is ``size``."""
+    height, width = video.shape[-2:]
+    if not 0 <= index < num_crops:
+        raise ValueError(f"spatial crop {index} outside 0..{num_crops - 1}")
+    if num_crops == 1:
+        return TF.center_crop(video, [size, size])
+    offsets_y = [0] * num_crops
+    offsets_x = [0] * num_crops
+    if width >= height:
+        offsets_x = [round(i * (width - size) / (num_crops - 1)) for i in range(num_crops)]
+        offsets_y = [(height - size) // 2] * num_crops
+    else:
+        offsets_y = [round(i * (height - size) / (num_crops - 1)) for i in range(num_crops)]
+        offsets_x = [(width - size) // 2] * num_crops
+    return TF.crop(video, offsets_y[index], offsets_x[index], size, size)
+
+
+class TrainTransform:
+    """Random resized crop, horizontal flip (optionally swapping left/right labels), RandAugment, normalise.
+
+    ``hflip``: "none" (the SSv2 default: a flipped "left to right" would be "right to left"), "flip" (K400), or
+    "swap" to flip and map the label through ``label_swap`` (pairs of mirrored classes)."""
+
+    def __init__(
+        self,
+        *,
+        size: int = 224,
+        scale: tuple[float, float] = (0.25, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: str = "flip",
+        label_swap: Mapping[int, int] | None = None,
+        rand_augment: tuple[int, int] | None = (2, 9),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if hflip not in ("none", "flip", "swap"):
+            raise ValueError(f"hflip must be 'none', 'flip' or 'swap', got {hflip!r}")
+        if hflip == "swap" and not label_swap:
+            raise ValueError("hflip='swap' needs label_swap (mirrored class pairs)")
+        self.crop = v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)
+        self.augment = v2.RandAugment(num_ops=rand_augment[0], magnitude=rand_augment[1]) if rand_augment else None
+        self.hflip = hflip
+        self.label_swap = dict(label_swap or {})
+        self.label_swap.update({v: k for k, v in self.label_swap.items()})
+        self.mean, self.std = mean, std
+
+    def __call__(self, frames: np.ndarray | torch.Tensor, label: int, rng: random.Random) -> tuple[torch.Tensor, int]:
+        video = self.crop(to_video(frames))
+        if self.hflip != "none" and rng.random() < 0.5:
+            video = TF.horizontal_flip(video)
+            if self.hflip == "swap":
+                label = self.label_swap.get(label, label)
+        if self.augment is not None:
+            video = self.augment(video)
+        return normalize(video, self.mean, self.std), label
+
+
+class EvalTransform:
+    """Short-side resize to ``size`` (or ``short_side``), then the spatial crop of a test view, normalise."""
+
+    def __init__(
+        self,
+        *,
+        size: int = 224,
+        short_side: int | None = None,
+        num_crops: int = 1,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.size, self.short_side, self.num_crops = size, short_side or size, num_crops
+        self.mean, self.std = mean, std
+
+    def __call__(self, frames: np.ndarray | torch.Tensor, spatial_idx: int = 0) -> torch.Tensor:
+        video = TF.resize(to_video(frames), [self.short_side], antialias=True)
+        video = spatial_crop(video, self.size, spatial_idx, self.num_crops)
+        return normalize(video, self.mean, self.std)
+
+    def all_crops(self, frames: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        """Every spatial crop of one clip, resizing once."""
+        video = TF.resize(to_video(frames), [self.short_side], antialias=True)
+        return [normalize(spatial_crop(video, self.size, i, self.num_crops), self.mean, self.std) for i in range(self.num_crops)]
+
+
+def make_mixup(*, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, cutmix_prob: float = 0.5,
+               label_smoothing: float = 0.1):
+    """Batch-level mixup/cutmix for (B, C, T, H, W) clips -> (mixed clips, soft labels); pytorchvideo's MixVideo.
+
+    It pairs each clip with the batch reversed and overwrites its input in place (do not reuse the batch)."""
+    from pytorchvideo.transforms import MixVideo
+
+    return MixVideo(cutmix_prob=cutmix_prob, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                    label_smoothing=label_smoothing, num_classes=num_classes)
