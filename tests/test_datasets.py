@@ -83,10 +83,10 @@ def test_k400_csv(tmp_path):
     save_class_names(names, tmp_path / "classes.json")
     assert json.loads((tmp_path / "classes.json").read_text()) == names
     csv_path.write_text("label,youtube_id,time_start,time_end,split\nzumba,abc,one,11,train\n")
-    with pytest.raises(AnnotationError, match=r"train.csv:2: time_start"):
+    with pytest.raises(AnnotationError, match=r"train.csv:2: time_start 'one' is not an integer"):
         read_k400_csv(csv_path, tmp_path)
     csv_path.write_text("label,youtube_id,time_start,time_end,split\nzumba,abc\n")
-    with pytest.raises(AnnotationError, match=r"train.csv:2: expected at least 5"):
+    with pytest.raises(AnnotationError, match=r"train.csv:2: expected 5 comma-separated fields, got 2"):
         read_k400_csv(csv_path, tmp_path)
     csv_path.write_text("label,youtube_id,time_start,time_end,split\nnew class,abc,1,11,val\n")
     with pytest.raises(AnnotationError, match="not among the 2 classes"):
@@ -101,7 +101,7 @@ def test_ssv2_json(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(entries))
     records, names = read_ssv2(tmp_path / "labels.json", tmp_path / "train.json", tmp_path / "videos")
     assert names[1] == "Moving something from right to left"
-    assert records == [VideoRecord(str(tmp_path / "videos" / "7.webm"), 1, "7")]
+    assert records == [VideoRecord(str(tmp_path / "videos" / "7.webm"), 1, "7", rel="7.webm")]
     (tmp_path / "train.json").write_text(json.dumps(entries + [{"id": "8", "template": "Dropping [something]"}]))
     with pytest.raises(AnnotationError, match=r"entry 1 \(id 8\).*Dropping something"):
         read_ssv2(tmp_path / "labels.json", tmp_path / "train.json", tmp_path)

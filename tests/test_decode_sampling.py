@@ -99,3 +99,14 @@ def test_segment_sampling():
     assert len(train_indices(7, sampling="segment", num_frames=8, stride=1, rng=rng)) == 8
     with pytest.raises(ValueError, match="sampling"):
         train_indices(7, sampling="uniform", num_frames=8, stride=1, rng=rng)
+
+
+@pytest.mark.parametrize("width", [48, 96])
+def test_widths_decord_cannot_copy_still_read(tmp_path, width):
+    from .conftest import write_video
+
+    write_video(tmp_path / "v.mp4", width=width, height=48)
+    frames = read_frames(tmp_path / "v.mp4", [0, 5])  # decord2 3.4.0 fails on these widths; PyAV takes over
+    assert frames.shape == (2, 48, width, 3)
+    assert np.array_equal(frames, read_frames(tmp_path / "v.mp4", [0, 5], backend="pyav"))
+    assert probe(tmp_path / "v.mp4").width == width

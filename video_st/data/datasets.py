@@ -1,4 +1,4 @@
-"""Annotations -> video records -> clips: Kinetics CSV, Something-Something JSON, ``path label`` and frame lists.
+"""Video records -> clips for training and multi-view testing (records come from ``annotations``).
 
 Bad input is handled by one policy:
 - an annotation line that does not parse is an :class:`AnnotationError` naming the file and the line;
@@ -11,8 +11,6 @@ Bad input is handled by one policy:
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import random
@@ -23,19 +21,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from .annotations import (  # noqa: F401  (re-exported: the dataset API in one place)
+    AnnotationError,
+    VideoRecord,
+    load_class_names,
+    read_frame_list,
+    read_k400_csv,
+    read_path_label_list,
+    read_ssv2,
+    read_video_folder,
+    save_class_names,
+)
 from .decode import BACKENDS, VideoReadError, open_video, read_frame_folder
 from .sampling import train_indices, view_indices
 
 _log = logging.getLogger(__name__)
-
-K400_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
-
-
-class AnnotationError(ValueError):
-    def __init__(self, path: str | os.PathLike, line: int | str, reason: str) -> None:
-        self.path, self.line, self.reason = os.fspath(path), line, reason
-        super().__init__(f"{self.path}:{line}: {reason}")
-
 
 class MissingVideosError(FileNotFoundError):
     def __init__(self, missing: Sequence[str], source: str) -> None:
@@ -43,127 +43,6 @@ class MissingVideosError(FileNotFoundError):
         shown = "\n  ".join(self.missing[:20])
         more = f"\n  ... and {len(self.missing) - 20} more" if len(self.missing) > 20 else ""
         super().__init__(f"{len(self.missing)} videos of {source} are missing:\n  {shown}{more}")
-
-
-@dataclass(frozen=True)
-class VideoRecord:
-    path: str
-    label: int
-    video_id: str
-    num_frames: int | None = None  # known for frame folders; videos report theirs when opened
-    is_frame_folder: bool = False
-
-
-# -- annotation readers ------------------------------------------------------------------------------------------
-def _resolve_k400(root: str, name: str, split: str, label: str) -> str:
-    # Layouts in use: ROOT/NAME, ROOT/SPLIT/NAME, ROOT/SPLIT/LABEL/NAME; the first that exists, else ROOT/NAME.
-    candidates = [os.path.join(root, name), os.path.join(root, split, name), os.path.join(root, split, label, name)]
-    return next((c for c in candidates if os.path.exists(c)), candidates[0])
-
-
-def read_k400_csv(path: str | os.PathLike, root: str | os.PathLike, class_names: Sequence[str] | None = None,
-                  ) -> tuple[list[VideoRecord], list[str]]:
-    """Official Kinetics CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``) -> records, class names.
-
-    Without ``class_names`` the classes are this file's labels sorted (the usual K400 indexing); pass the training
-    set's list when reading validation so indices agree."""
-    path, root = os.fspath(path), os.fspath(root)
-    rows: list[tuple[int, dict[str, str]]] = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:5]] != list(K400_COLUMNS):
-            raise AnnotationError(path, 1, f"expected header {','.join(K400_COLUMNS)}[,is_cc], got {header}")
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) < 5:
-                raise AnnotationError(path, line, f"expected at least 5 comma-separated fields, got {len(row)}")
-            rows.append((line, dict(zip(K400_COLUMNS, (r.strip() for r in row[:5]), strict=True))))
-    names = list(class_names) if class_names is not None else sorted({r["label"] for _, r in rows})
-    index = {n: i for i, n in enumerate(names)}
-    records = []
-    for line, row in rows:
-        try:
-            start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-        except ValueError:
-            raise AnnotationError(path, line, f"time_start/time_end not numbers: {row['time_start']!r}, {row['time_end']!r}") from None
-        if row["label"] not in index:
-            raise AnnotationError(path, line, f"label {row['label']!r} is not among the {len(names)} classes")
-        name = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
-        records.append(VideoRecord(_resolve_k400(root, name, row["split"], row["label"]), index[row["label"]], name[:-4]))
-    return records, names
-
-
-def read_path_label_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
-    """``relative/path.mp4 label`` per line (VideoMAE's lists; the path may contain spaces)."""
-    path, records = os.fspath(path), []
-    with open(path) as f:
-        for line, text in enumerate(f, start=1):
-            text = text.strip()
-            if not text:
-                continue
-            parts = text.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise AnnotationError(path, line, f"expected 'path label', got {text!r}")
-            records.append(VideoRecord(os.path.join(os.fspath(root), parts[0]), int(parts[1]), os.path.splitext(parts[0])[0]))
-    return records
-
-
-def read_frame_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
-    """``frame_dir num_frames label`` per line (preprocessed frame folders)."""
-    path, records = os.fspath(path), []
-    with open(path) as f:
-        for line, text in enumerate(f, start=1):
-            text = text.strip()
-            if not text:
-                continue
-            parts = text.rsplit(maxsplit=2)
-            if len(parts) != 3 or not parts[1].isdigit() or not parts[2].lstrip("-").isdigit():
-                raise AnnotationError(path, line, f"expected 'frame_dir num_frames label', got {text!r}")
-            if int(parts[1]) < 1:
-                raise AnnotationError(path, line, "num_frames must be at least 1")
-            records.append(VideoRecord(os.path.join(os.fspath(root), parts[0]), int(parts[2]), parts[0], int(parts[1]), True))
-    return records
-
-
-def strip_template(template: str) -> str:
-    return template.replace("[", "").replace("]", "")
-
-
-def read_ssv2(labels_json: str | os.PathLike, split_json: str | os.PathLike, root: str | os.PathLike,
-              ext: str = ".webm") -> tuple[list[VideoRecord], list[str]]:
-    """Something-Something-v2: labels JSON (template -> "index") + a split JSON -> records ``ROOT/{id}{ext}``."""
-    labels_json, split_json = os.fspath(labels_json), os.fspath(split_json)
-    with open(labels_json) as f:
-        try:
-            labels = {k: int(v) for k, v in json.load(f).items()}
-        except (json.JSONDecodeError, ValueError, AttributeError) as err:
-            raise AnnotationError(labels_json, "-", f"expected a JSON object template -> index: {err}") from err
-    names = [name for name, _ in sorted(labels.items(), key=lambda kv: kv[1])]
-    with open(split_json) as f:
-        try:
-            entries = json.load(f)
-        except json.JSONDecodeError as err:
-            raise AnnotationError(split_json, err.lineno, f"invalid JSON: {err.msg}") from err
-    records = []
-    for n, entry in enumerate(entries):
-        where = f"entry {n}"
-        if not isinstance(entry, dict) or "id" not in entry or "template" not in entry:
-            raise AnnotationError(split_json, where, f"expected an object with 'id' and 'template', got {str(entry)[:80]}")
-        template = strip_template(entry["template"])
-        if template not in labels:
-            raise AnnotationError(split_json, f"{where} (id {entry['id']})", f"template {template!r} not in {labels_json}")
-        records.append(VideoRecord(os.path.join(os.fspath(root), f"{entry['id']}{ext}"), labels[template], str(entry["id"])))
-    return records, names
-
-
-def save_class_names(names: Sequence[str], path: str | os.PathLike) -> None:
-    """The class index -> name map saved with a run (JSON list), written atomically."""
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(list(names), f, indent=1)
-    os.replace(tmp, path)
 
 
 def check_files(records: Sequence[VideoRecord], *, source: str, missing: str = "error",

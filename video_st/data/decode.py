@@ -112,7 +112,10 @@ def _decord_size(reader, path: str) -> tuple[int, int]:
     try:
         frame = reader.get_batch([0]).asnumpy()
     except Exception as err:
-        raise VideoReadError(path, f"undecodable frame 0 ({_first_line(err)})") from err
+        if _DECORD_SIZE_BUG in str(err):
+            frame = _read_pyav(path, [0])
+        else:
+            raise VideoReadError(path, f"undecodable frame 0 ({_first_line(err)})") from err
     return int(frame.shape[1]), int(frame.shape[2])
 
 
@@ -146,8 +149,16 @@ class VideoSource:
         try:
             frames = self._reader.get_batch(unique).asnumpy()
         except Exception as err:
+            if _DECORD_SIZE_BUG in str(err):
+                # decord2 3.4.0 fails to copy out frames of some widths (32, 48, 96, 144 ... pixels: its row
+                # stride assumption), on valid files. PyAV decodes the same pixels, so read those with it.
+                _log.debug("%s: decord cannot copy frames of this width; reading with PyAV", self.path)
+                return _read_pyav(self.path, indices)
             raise VideoReadError(self.path, f"undecodable frames in {unique[0]}..{unique[-1]} ({_first_line(err)})") from err
         return _reorder(frames, unique, indices)
+
+
+_DECORD_SIZE_BUG = "from_size == to_size"
 
 
 def open_video(path: str | os.PathLike, backend: str = "decord", num_threads: int = 1) -> VideoSource:

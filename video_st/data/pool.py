@@ -1,0 +1,81 @@
+"""A local process pool that survives its workers dying: the work items in flight when one dies are retried one
+at a time, so only the item that kills its worker (a decoder crash, the OOM killer) is given up on.
+
+Generic (items in, results out); the preprocessing shards use it for ``--workers`` > 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from typing import TypeVar
+
+_log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def imap_isolating(
+    fn: Callable[[Item], Result], items: Iterable[Item], *, workers: int,
+    on_crash: Callable[[Item, float], Result],
+) -> Iterator[Result]:
+    """``fn(item)`` for every item in ``workers`` processes, results in completion order. A worker that dies
+    breaks the whole pool: the items then in flight are retried, in submission order, each alone in a fresh
+    pool; an item whose worker dies again yields ``on_crash(item, seconds of that try)``. ``fn`` must pickle
+    (a module-level function, or a ``functools.partial`` of one); exceptions ``fn`` raises propagate."""
+    pending = deque(items)
+    while pending:
+        finished: list[Result] = []
+        suspects: list[Item] = []
+        with _pool(workers) as pool:
+            running: dict = {}  # future -> item, in submission order
+            try:
+                while pending or running:
+                    while pending and len(running) < 2 * workers:  # bounded: a break loses little
+                        item = pending.popleft()
+                        running[pool.submit(fn, item)] = item
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        result = future.result()  # raises BrokenProcessPool
+                        del running[future]
+                        yield result
+            except BrokenProcessPool:
+                _log.warning("a worker process died; retrying the %d items in flight one at a time", len(running))
+                for future, item in running.items():
+                    if future.done() and future.exception() is None:
+                        finished.append(future.result())
+                    else:
+                        suspects.append(item)
+        yield from finished
+        for item in suspects:
+            yield _isolated(fn, item, on_crash=on_crash)
+
+
+def _isolated(fn: Callable[[Item], Result], item: Item, *, on_crash: Callable[[Item, float], Result]) -> Result:
+    start = time.perf_counter()
+    with _pool(1) as pool:
+        try:
+            return pool.submit(fn, item).result()
+        except BrokenProcessPool:
+            return on_crash(item, time.perf_counter() - start)
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    import multiprocessing
+
+    # fork where there is one: a spawned worker would re-import video_st (and torch) for seconds each.
+    # The workers only decode and encode; nothing here holds a lock a forked child could inherit.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
