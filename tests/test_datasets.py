@@ -206,3 +206,14 @@ def test_frame_folder_dataset(tmp_path, video_files):
     dataset = VideoClipDataset(records, mode="train", clip=ClipSpec(sampling="segment", num_frames=8, stride=1),
                                transform=TrainTransform(size=32, hflip="none"))
     assert dataset[0]["video"].shape == (3, 8, 32, 32) and dataset[0]["label"] == 2
+
+
+def test_normalize_matches_the_formula():
+    from video_st.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+    video = to_video(np.random.default_rng(0).integers(0, 256, (4, 8, 10, 3), dtype=np.uint8))
+    expected = (video.as_subclass(torch.Tensor).float().div(255).permute(1, 0, 2, 3)
+                - torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    out = normalize(video)
+    assert out.shape == (3, 4, 8, 10) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)

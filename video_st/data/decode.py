@@ -95,7 +95,7 @@ def probe(path: str | os.PathLike, backend: str = "decord", num_threads: int = 1
         height, width = _decord_size(reader, path)
         return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()), height=height, width=width)
     if backend == "pyav":
-        with _pyav_open(path) as (container, stream):
+        with pyav_stream(path) as (container, stream):
             count = 0
             try:
                 for _ in container.decode(stream):
@@ -185,8 +185,9 @@ def _reorder(frames: np.ndarray, unique: list[int], indices: list[int]) -> np.nd
     return frames[[position[i] for i in indices]]
 
 
-class _pyav_open:
-    """Context manager: (container, first video stream) with errors turned into VideoReadError."""
+class pyav_stream:
+    """Context manager: (container, first video stream) with errors turned into VideoReadError; the one place
+    PyAV opens a video (decoding here, and the preprocessing jobs' re-encoding)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -203,8 +204,9 @@ class _pyav_open:
         if not self.container.streams.video:
             self.container.close()
             raise VideoReadError(self.path, "no video stream")
+        # No frame threading ("AUTO"): after a decode error on a corrupt stream, FFmpeg's frame threads can
+        # deadlock when the codec context is freed, hanging the process (seen here on bit-flipped H.264, 2 runs in 5).
         stream = self.container.streams.video[0]
-        stream.thread_type = "AUTO"
         return self.container, stream
 
     def __exit__(self, *exc) -> None:
@@ -217,7 +219,7 @@ def _read_pyav(path: str, indices: list[int]) -> np.ndarray:
     wanted = set(indices)
     last = max(indices)
     got: dict[int, np.ndarray] = {}
-    with _pyav_open(path) as (container, stream):
+    with pyav_stream(path) as (container, stream):
         index = -1
         try:
             for index, frame in enumerate(container.decode(stream)):

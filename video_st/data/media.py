@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 
 import numpy as np
 
 from . import decode
-from .decode import VideoReadError
+from .decode import VideoReadError, pyav_stream
 
 FRAME_TEMPLATE = "img_{:05d}.jpg"
 # Frame counts from a container index and from decoding may differ by one (a trailing frame with an odd
@@ -70,25 +69,6 @@ def check_count(path: str, *, decoded: int, declared: int) -> None:
 # ------------------------------------------------------------------------------------------------- PyAV
 
 
-@contextmanager
-def _pyav_input(path: str) -> Iterator[tuple[object, object]]:
-    """(container, first video stream); open errors become VideoReadError like decode's readers."""
-    import av
-
-    try:
-        container = av.open(path)
-    except Exception as err:
-        raise VideoReadError(path, f"cannot open ({describe(err)})") from err
-    try:
-        if not container.streams.video:
-            raise VideoReadError(path, "no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        yield container, stream
-    finally:
-        container.close()
-
-
 def _decoded(path: str, container, stream) -> Iterator:
     count = 0
     try:
@@ -110,7 +90,7 @@ def encode_h264(
     import av
 
     width, height = size
-    with _pyav_input(source) as (container, stream):
+    with pyav_stream(source) as (container, stream):
         rate = stream.average_rate or stream.guessed_rate
         if not rate:
             raise VideoReadError(source, "unknown frame rate")
@@ -155,7 +135,7 @@ def write_jpegs(source: str, folder: str, *, indices: Sequence[int], quality: in
     ``FRAME_TEMPLATE`` 1, 2, ... in ``folder`` (created; it must not exist)."""
     os.makedirs(folder)
     position, last = 0, -1
-    with _pyav_input(source) as (container, stream):
+    with pyav_stream(source) as (container, stream):
         for last, frame in enumerate(_decoded(source, container, stream)):
             while position < len(indices) and indices[position] == last:
                 save_jpeg(frame.to_image(), os.path.join(folder, FRAME_TEMPLATE.format(position + 1)), quality)
