@@ -45,3 +45,11 @@ def test_benchmark_cli_smoke(tmp_path):
     assert rows["sparse_tuning"]["gflops/full"] < 0.8 and rows["full"]["trainable_m"] > rows["sparse_tuning"]["trainable_m"]
     assert rows["sparse_tuning"]["saved_mb_per_clip/adaptformer"] < 1.0
     assert "| sparse_tuning |" in result.stdout
+
+
+def test_benchmark_data_cli_smoke():
+    result = _run("tools/benchmark.py", "data", "--videos", "4", "--video-frames", "40", "--height", "66",
+                  "--width", "88", "--size", "32", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    assert "raw decord read" in result.stdout and "RandAugment" in result.stdout
+    assert result.stdout.count("all views / one clip") == 3

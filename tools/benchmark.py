@@ -1,11 +1,19 @@
 #!/usr/bin/env python
-"""Compare methods on one backbone in one run: params, GFLOPs (fvcore convention), inference clips/s, training
+"""Benchmarks, side by side in one run.
+
+model (default): compare methods on one backbone: params, GFLOPs (fvcore convention), inference clips/s, training
 step time, bytes saved for backward (and peak GPU memory on CUDA), with ratios to full fine-tuning (dense
 backbone) and to the dense-token AdaptFormer adapter.
 
     python tools/benchmark.py                                  # ViT-B/16, 8 x 224, CPU, fp32
     python tools/benchmark.py --arch vit_tiny_test --frames 4 --img-size 32 --rounds 3   # seconds, for a smoke run
     python tools/benchmark.py --device cuda --dtype bf16 --batch 8 --out docs/benchmarks_gpu.json
+
+data: clips/s per worker of the training pipeline (decode + transform) vs the raw decord read of the same
+frames, and the cost of decoding all temporal test views of a video in one read vs one clip.
+
+    python tools/benchmark.py data                             # generates a K400-style set at 240 x 320
+    python tools/benchmark.py data --csv ROOT/annotations/train.csv --root ROOT
 """
 
 from __future__ import annotations
@@ -30,7 +38,17 @@ COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["data"]:
+        return data_main(argv[1:])
+    if argv[:1] == ["model"]:
+        argv = argv[1:]
+    return model_main(argv)
+
+
+def model_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark.py [model]", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="vit_base_patch16", choices=video_st.list_models())
     parser.add_argument("--methods", default="full,adaptformer,dense_adapter,sparse_tuning",
                         help="comma-separated, from: " + ", ".join(video_st.list_methods()))
@@ -76,6 +94,60 @@ def main(argv: list[str] | None = None) -> int:
         with open(tmp, "w") as f:
             json.dump({"args": vars(args), "machine": machine, "rows": rows}, f, indent=2)
         os.replace(tmp, args.out)
+    return 0
+
+
+def data_main(argv: list[str]) -> int:
+    import tempfile
+
+    from video_st.data.datasets import ClipSpec, read_k400_csv
+    from video_st.data.throughput import measure
+    from video_st.data.transforms import TrainTransform
+
+    parser = argparse.ArgumentParser(prog="benchmark.py data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv", help="K400-style CSV (default: generate a synthetic set in a temporary folder)")
+    parser.add_argument("--root", help="video root for --csv")
+    parser.add_argument("--videos", type=int, default=16, help="how many videos to time")
+    parser.add_argument("--video-frames", type=int, default=300, help="synthetic videos: length (300: 10 s at 30 fps)")
+    parser.add_argument("--height", type=int, default=240, help="synthetic videos: frame height")
+    parser.add_argument("--width", type=int, default=320, help="synthetic videos: frame width")
+    parser.add_argument("--grain", type=float, default=5.0,
+                        help="synthetic videos: film-grain std; 5 gives 0.3-1 Mbit/s, the bitrate of 320p Kinetics "
+                             "(0: flat scenes at ~0.15 Mbit/s, unrealistically cheap to decode)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip")
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224, help="crop size of the training transform")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.set_num_threads(1)  # one loader worker's view of the machine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.csv:
+            records, _ = read_k400_csv(args.csv, args.root or os.path.dirname(args.csv))
+        else:
+            from video_st.data.synthetic import make_k400_style
+
+            # 300 frames = 10 s at 30 fps, the length of a Kinetics clip.
+            summary = make_k400_style(tmp, num_classes=4, train_per_class=max(1, args.videos // 4), val_per_class=1,
+                                      num_frames=args.video_frames, height=args.height, width=args.width, fps=30, seed=0,
+                                      grain=args.grain)
+            records, _ = read_k400_csv(summary.annotation_files["train"], tmp)
+        records = records[: args.videos]
+        clip = ClipSpec(sampling="dense", num_frames=args.frames, stride=args.stride)
+        pipelines = {"crop + flip + normalise": TrainTransform(size=args.size, rand_augment=None),
+                     "... + RandAugment (2, 9)": TrainTransform(size=args.size, rand_augment=(2, 9))}
+        result = measure(records, clip=clip, transforms=pipelines, size=args.size, rounds=args.rounds)
+    source = args.csv or f"synthetic K400-style, {args.video_frames} frames at {args.height} x {args.width}, grain {args.grain}"
+    print(f"{result.videos} videos ({source}) x {args.rounds} rounds, training clip {args.frames} x stride "
+          f"{args.stride}, crop {args.size}, 1 thread (one loader worker)")
+    print("| measure | value |\n|---|---|")
+    print(f"| raw decord read, clips/s | {result.raw_clips_s:.2f} |")
+    for name, clips_s in result.pipeline_clips_s.items():
+        print(f"| decode + {name}, clips/s (overhead over raw) | {clips_s:.2f} ({100 * result.overhead(name):.1f}%) |")
+    for name, cost in result.views_cost.items():
+        print(f"| test views {name}: all views / one clip | {cost:.2f}x |")
     return 0
 
 

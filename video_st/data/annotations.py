@@ -119,39 +119,39 @@ def read_k400_csv(path: str | os.PathLike, root: str | os.PathLike, class_names:
     return records, names
 
 
+def _lines(path: str) -> Iterable[tuple[int, str]]:
+    """(1-based line number, stripped text) of every non-blank line."""
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if text.strip():
+                yield number, text.strip()
+
+
 def read_path_label_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
     """``relative/path.mp4 label`` per line (VideoMAE's lists; the path may contain spaces)."""
     path, root, records = os.fspath(path), os.fspath(root), []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            text = text.strip()
-            if not text:
-                continue
-            parts = text.rsplit(maxsplit=1)
-            if len(parts) != 2:
-                raise AnnotationError(path, line, f"expected 'path label', got {text!r}")
-            label = _parse_int(parts[1], path=path, line=line, what="label")
-            rel = _inside_root(parts[0], root=root, path=path, line=line) if root else parts[0]
-            records.append(VideoRecord(os.path.join(root, rel), label, os.path.splitext(rel)[0], rel=rel))
+    for line, text in _lines(path):
+        parts = text.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise AnnotationError(path, line, f"expected 'path label', got {text!r}")
+        label = _parse_int(parts[1], path=path, line=line, what="label")
+        rel = _inside_root(parts[0], root=root, path=path, line=line) if root else parts[0]
+        records.append(VideoRecord(os.path.join(root, rel), label, os.path.splitext(rel)[0], rel=rel))
     return records
 
 
 def read_frame_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
     """``frame_dir num_frames label`` per line (preprocessed frame folders; the folder may contain spaces)."""
     path, root, records = os.fspath(path), os.fspath(root), []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            text = text.strip()
-            if not text:
-                continue
-            parts = text.rsplit(maxsplit=2)
-            if len(parts) != 3:
-                raise AnnotationError(path, line, f"expected 'frame_dir num_frames label', got {text!r}")
-            count = _parse_int(parts[1], path=path, line=line, what="num_frames")
-            label = _parse_int(parts[2], path=path, line=line, what="label")
-            if count < 1:
-                raise AnnotationError(path, line, "num_frames must be at least 1")
-            records.append(VideoRecord(os.path.join(root, parts[0]), label, parts[0], count, True, rel=parts[0]))
+    for line, text in _lines(path):
+        parts = text.rsplit(maxsplit=2)
+        if len(parts) != 3:
+            raise AnnotationError(path, line, f"expected 'frame_dir num_frames label', got {text!r}")
+        count = _parse_int(parts[1], path=path, line=line, what="num_frames")
+        label = _parse_int(parts[2], path=path, line=line, what="label")
+        if count < 1:
+            raise AnnotationError(path, line, "num_frames must be at least 1")
+        records.append(VideoRecord(os.path.join(root, parts[0]), label, parts[0], count, True, rel=parts[0]))
     return records
 
 
