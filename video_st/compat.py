@@ -15,6 +15,7 @@ place to delete from.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib
 import importlib.util
@@ -53,10 +54,8 @@ def _fix_torchvision() -> None:
         "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
         "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     ):
-        try:
+        with contextlib.suppress(RuntimeError):  # already defined by an earlier fragment in this process
             lib.define(schema)
-        except RuntimeError:
-            pass  # already defined by an earlier fragment in this process
     _torchvision_lib = lib
     _applied.append("torchvision: declared nms/qnms schemas (CUDA-only _C.so cannot load on this CPU torch)")
 
