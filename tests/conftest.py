@@ -72,3 +72,24 @@ def _write_audio_only(path) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+@pytest.fixture(scope="session")
+def tiny_k400(tmp_path_factory):
+    """A small generated K400-style set (4 classes, 4 train + 2 val videos each, 16 frames at 66 x 88) with two
+    planted corrupt videos (seed 1: an empty training file, a truncated validation file): the data of the engine
+    and test-tool tests."""
+    from video_st.data.synthetic import make_k400_style
+
+    root = tmp_path_factory.mktemp("k400")
+    summary = make_k400_style(root, num_classes=4, train_per_class=4, val_per_class=2, num_frames=16, seed=1,
+                              corrupt={"truncated": 1, "zero": 1})
+    assert {c.split for c in summary.corrupt} == {"train", "val"}
+    return summary
+
+
+def tiny_overrides(summary, output_dir, *extra: str) -> list[str]:
+    """Overrides of configs/tiny_cpu.yaml that point it at ``summary`` (a generated set) and ``output_dir``."""
+    return [f"data.root={summary.root}", f"data.train={summary.annotation_files['train']}",
+            f"data.val={summary.annotation_files['val']}", f"output_dir={output_dir}", "data.num_workers=0",
+            "log.progress=false", "log.tensorboard=false", "data.hflip=none", *extra]

@@ -24,6 +24,7 @@ import logging
 import os
 import platform
 import sys
+import time
 
 import torch
 
@@ -102,7 +103,7 @@ def data_main(argv: list[str]) -> int:
 
     from video_st.data.datasets import ClipSpec, read_k400_csv
     from video_st.data.throughput import measure
-    from video_st.data.transforms import TrainTransform
+    from video_st.data.transforms import BatchAugment, TrainTransform
 
     parser = argparse.ArgumentParser(prog="benchmark.py data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,8 +137,11 @@ def data_main(argv: list[str]) -> int:
             records, _ = read_k400_csv(summary.annotation_files["train"], tmp)
         records = records[: args.videos]
         clip = ClipSpec(sampling="dense", num_frames=args.frames, stride=args.stride)
-        pipelines = {"crop + flip + normalise": TrainTransform(size=args.size, rand_augment=None),
-                     "... + RandAugment (2, 9)": TrainTransform(size=args.size, rand_augment=(2, 9))}
+        pipelines = {"crop + flip (uint8 out: augment_on=device, the default)":
+                         TrainTransform(size=args.size, rand_augment=None, output="uint8"),
+                     "crop + flip + normalise": TrainTransform(size=args.size, rand_augment=None),
+                     "crop + flip + RandAugment (2, 9) + normalise (augment_on=worker)":
+                         TrainTransform(size=args.size, rand_augment=(2, 9))}
         result = measure(records, clip=clip, transforms=pipelines, size=args.size, rounds=args.rounds)
     source = args.csv or f"synthetic K400-style, {args.video_frames} frames at {args.height} x {args.width}, grain {args.grain}"
     print(f"{result.videos} videos ({source}) x {args.rounds} rounds, training clip {args.frames} x stride "
@@ -148,6 +152,13 @@ def data_main(argv: list[str]) -> int:
         print(f"| decode + {name}, clips/s (overhead over raw) | {clips_s:.2f} ({100 * result.overhead(name):.1f}%) |")
     for name, cost in result.views_cost.items():
         print(f"| test views {name}: all views / one clip | {cost:.2f}x |")
+    # What augment_on=device moves into the training process, timed here on the CPU (on a GPU it is far cheaper).
+    batch = torch.randint(0, 256, (8, 3, args.frames, args.size, args.size), dtype=torch.uint8)
+    augment, start = BatchAugment(rand_augment=(2, 9)), time.perf_counter()
+    for _ in range(args.rounds):
+        augment(batch)
+    per_clip = (time.perf_counter() - start) / (args.rounds * len(batch))
+    print(f"| BatchAugment (RandAugment 2, 9 + normalise) on this CPU, ms per clip | {1000 * per_clip:.1f} |")
     return 0
 
 

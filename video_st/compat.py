@@ -73,6 +73,25 @@ def _fix_pytorchvideo() -> None:
     _applied.append("pytorchvideo: aliased torchvision.transforms.functional_tensor")
 
 
+def disable_deepspeed_shm_comm() -> None:
+    """DeepSpeed on a CPU: keep collectives on the gloo process group we created.
+
+    deepspeed.comm's TorchBackend otherwise builds its shared-memory all-reduce op whenever the CPU accelerator is
+    active, even with a process group already initialised: about 30 s of g++/ninja on a fresh machine (a
+    compiler the CI image may lack), ``/dev/shm/deepspeed_allreduce_buffer_*`` files left behind, and, per its own
+    source, kernels that fault without AVX-512 for bf16. Tiny CPU runs gain nothing from it. Called by the
+    DeepSpeed backend only when training on the CPU."""
+    # importlib, not `import deepspeed.comm.torch as ...`: deepspeed.comm's namespace has an attribute `torch`
+    # (the torch package), which that statement would bind instead of the submodule.
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+    if getattr(ds_torch.build_shm_op, "__name__", "") != "_no_shm_op":
+        def _no_shm_op():
+            return None
+
+        ds_torch.build_shm_op = _no_shm_op
+        _applied.append("deepspeed: shared-memory all-reduce op disabled on CPU (gloo does the collectives)")
+
+
 def apply() -> list[str]:
     """Apply every fix that this environment needs; idempotent. Returns what was applied (for logs)."""
     if not _applied:

@@ -112,7 +112,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _rng(self, index: int) -> random.Random:
+    def _rng(self, index: int, seed: int | None) -> random.Random:
+        if seed is not None:  # from samplers.TrainSampler: independent of workers and of resuming
+            return random.Random(seed)
         # torch.initial_seed() differs per worker and per epoch (the loader draws a base seed each epoch), so
         # clips change every epoch yet a seeded run is reproducible.
         return random.Random((torch.initial_seed() * 1_000_003 + index * 7919 + self.seed) % 2**63)
@@ -122,11 +124,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
             return _FrameFolder(record, self.frame_template)
         return open_video(record.path, backend=self.backend, num_threads=self.decode_threads)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._train_item(index) if self.mode == "train" else self._test_item(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``key``: an index, or ``(index, augmentation seed)`` as ``samplers.TrainSampler`` yields."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        return self._train_item(index, seed) if self.mode == "train" else self._test_item(index)
 
-    def _train_item(self, index: int) -> dict[str, Any]:
-        rng = self._rng(index)
+    def _train_item(self, index: int, seed: int | None = None) -> dict[str, Any]:
+        rng = self._rng(index, seed)
         failed: list[tuple[str, str]] = []
         for _ in range(self.max_retries + 1):
             record = self.records[index]

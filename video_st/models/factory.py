@@ -146,10 +146,22 @@ def convert_checkpoint(
         kwargs.setdefault("class_token", False)
         kwargs.setdefault("global_pool", "avg")
     model = create_model(arch or _guess_arch(converted.arch), pretrained=src, inflation=inflation, **kwargs)
-    meta = {"source": converted.source, "arch_name": model.create_args["arch"], "inflation": inflation}
-    meta["arch"] = {k: v for k, v in model.create_args.items() if k not in ("arch", "method") and not k.startswith("adapter")}
+    return save_video_st(model.state_dict(), dst, create_args=model.create_args, source=converted.source,
+                         inflation=inflation)
+
+
+def save_video_st(state_dict: dict[str, torch.Tensor], dst: str | os.PathLike, *, create_args: dict[str, Any],
+                  **extra: Any) -> dict[str, Any]:
+    """Write ``{"state_dict", "video_st": meta}`` atomically: the file format every loader of the project reads
+    (``create_model(pretrained=...)``, tools/test_net.py). ``meta["arch"]`` holds the backbone's geometry only
+    (no method settings), so the file can seed any method; ``meta["create_args"]`` rebuilds the exact model."""
+    meta = {"source": "video_st", "arch_name": create_args["arch"], **extra}
+    meta["arch"] = {k: v for k, v in create_args.items()
+                    if k not in ("arch", "method", "sparse_layers", "keep_rate", "fuse", "dense_inputs")
+                    and not k.startswith("adapter")}
+    meta["create_args"] = dict(create_args)
     tmp = f"{os.fspath(dst)}.tmp"
-    torch.save({"state_dict": model.state_dict(), "video_st": meta}, tmp)
+    torch.save({"state_dict": state_dict, "video_st": meta}, tmp)
     os.replace(tmp, dst)
     return meta
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Multi-view test of a trained model: top-1, top-5, mean class accuracy, per-video predictions, confusion.
+
+    python tools/test_net.py --config configs/k400/sparse_tuning_vit_b16.yaml --checkpoint runs/st/checkpoints \\
+        data.test=/data/k400/annotations/test.csv test.temporal_views=1 test.spatial_views=3
+
+--checkpoint takes a run's checkpoint folder (its best.json, else latest), one DeepSpeed/DDP checkpoint folder,
+model_final.pt, an adapter-only file (trainable_final.pt, with model.pretrained=the backbone), or a VideoMAE /
+Hugging Face / timm checkpoint. Without it: the best checkpoint of the config's output_dir. Runs alone or under
+torchrun / srun; every (video, view) is computed once over all ranks. Outputs go to OUTPUT_DIR/test (or --output):
+summary.json, predictions.csv, probabilities.pt, per_class.csv, confusion.png, excluded_videos.txt,
+partial_videos.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML delta over the typed defaults (video_st/config.py)")
+    parser.add_argument("--checkpoint", help="what to test (default: the best checkpoint of output_dir)")
+    parser.add_argument("--output", help="folder for the results (default: OUTPUT_DIR/test)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. test.temporal_views=5 test.ensemble=logit")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+
+    from video_st.config import ConfigError, load_config
+    from video_st.engine.report import format_summary
+    from video_st.engine.testing import run_test
+    from video_st.models.convert import CheckpointError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = run_test(cfg, args.checkpoint, args.output)
+    except (ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if rank == "0":
+        print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

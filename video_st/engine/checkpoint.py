@@ -1,0 +1,172 @@
+"""Checkpoint directories that a kill can never corrupt, and the search for the newest valid one.
+
+Layout under ``checkpoint.dir``::
+
+    step_00000120/          one checkpoint (the engine's files, rng_rank{r}.pt per rank, MANIFEST.json)
+    latest                  the newest tag, in DeepSpeed's format (its zero_to_fp32 tool reads it)
+    best.json               {"tag": ..., "metric": ...}
+
+Every rank writes into ``.tmp-step_00000120/``; after a barrier rank 0 writes MANIFEST.json (size and SHA-256 of
+every file) and renames the folder into place, so a checkpoint either exists whole or not at all. At resume the
+manifest is checked again: a checkpoint whose files were truncated or lost later is skipped with a warning and
+the previous one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import distributed
+
+_log = logging.getLogger(__name__)
+MANIFEST = "MANIFEST.json"
+TAG = re.compile(r"^step_(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: str) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names
+                  if n != MANIFEST)
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def verify(folder: str) -> str | None:
+    """None when the checkpoint is whole, else what is wrong with it."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        return f"no readable {MANIFEST} ({err})"
+    for rel, expected in manifest["files"].items():
+        path = os.path.join(folder, rel)
+        if not os.path.exists(path):
+            return f"{rel} is missing"
+        if os.path.getsize(path) != expected["size"]:
+            return f"{rel} has {os.path.getsize(path)} bytes, expected {expected['size']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class CheckpointManager:
+    root: str
+    keep_last: int = 2
+    rank: int = 0
+
+    def __post_init__(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+
+    def tags(self) -> list[str]:
+        """Complete-looking checkpoints, newest first (half-written ones live under .tmp- names)."""
+        found = [n for n in os.listdir(self.root) if TAG.match(n) and os.path.isdir(os.path.join(self.root, n))]
+        return sorted(found, reverse=True)
+
+    def path(self, tag: str) -> str:
+        return os.path.join(self.root, tag)
+
+    def save(self, step: int, write: Callable[[str], None]) -> str:
+        """``write(folder)`` runs on every rank (it is collective for DeepSpeed); returns the final folder."""
+        tag = tag_for(step)
+        staging, final = os.path.join(self.root, f".tmp-{tag}"), self.path(tag)
+        if self.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+            os.makedirs(staging)
+        distributed.barrier()
+        write(staging)
+        torch.save(rng_state(), os.path.join(staging, f"rng_rank{self.rank}.pt"))
+        distributed.barrier()
+        if self.rank == 0:
+            files = {rel: {"size": os.path.getsize(os.path.join(staging, rel)), "sha256": _sha256(os.path.join(staging, rel))}
+                     for rel in _files(staging)}
+            write_atomic(os.path.join(staging, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
+            if os.path.exists(final):  # the same step saved again (e.g. a stop right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            write_atomic(os.path.join(self.root, "latest"), tag)
+            self._prune()
+        distributed.barrier()
+        return final
+
+    def _prune(self) -> None:
+        protected = {self.best().get("tag")}
+        for tag in self.tags()[self.keep_last:]:
+            if tag not in protected:
+                shutil.rmtree(self.path(tag), ignore_errors=True)
+
+    def newest_valid(self) -> str | None:
+        """The newest checkpoint whose manifest checks out; warns about each newer one it skips."""
+        for tag in self.tags():
+            problem = verify(self.path(tag))
+            if problem is None:
+                return self.path(tag)
+            _log.warning("checkpoint %s is damaged (%s); falling back to an older one", self.path(tag), problem)
+        return None
+
+    def best(self) -> dict[str, Any]:
+        try:
+            with open(os.path.join(self.root, "best.json"), encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def update_best(self, tag: str, metric: float) -> bool:
+        """Record ``tag`` as best if ``metric`` beats the record (rank 0 writes); True if it did."""
+        if metric <= self.best().get("metric", float("-inf")):
+            return False
+        if self.rank == 0:
+            write_atomic(os.path.join(self.root, "best.json"), json.dumps({"tag": tag, "metric": metric}))
+        return True
+
+
+def load_rng(folder: str, rank: int) -> None:
+    path = os.path.join(folder, f"rng_rank{rank}.pt")
+    if os.path.exists(path):  # a run resumed on more ranks than it saved with starts those ranks fresh
+        # Our own file: Python's and numpy's RNG states are tuples and arrays, which weights_only refuses.
+        set_rng_state(torch.load(path, weights_only=False))
