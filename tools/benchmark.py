@@ -64,6 +64,9 @@ def model_main(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-train", action="store_true", help="skip training-step timing and memory")
+    parser.add_argument("--train-reference", default="adaptformer",
+                        help="method the training time and memory ratios are taken against (the dense-token "
+                             "adapter baseline: adaptformer, or dense_adapter for Sparse-Tuning's own ablation)")
     parser.add_argument("--out", help="also write the rows and the machine description as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -81,12 +84,14 @@ def model_main(argv: list[str]) -> int:
     )
     rows = run_benchmark(spec, video_st.create_model)
     add_ratios(rows, reference="full", keys=["gflops", "infer_clips_s"], suffix="full")
-    add_ratios(rows, reference="adaptformer", keys=["train_step_s", "saved_mb_per_clip"], suffix="adaptformer")
+    ref = args.train_reference
+    add_ratios(rows, reference=ref, keys=["train_step_s", "saved_mb_per_clip", "peak_train_mem_mb"], suffix=ref)
     machine = {
         "platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
     }
-    columns = COLUMNS + (["peak_train_mem_mb"] if args.device.startswith("cuda") else [])
+    columns = [c.replace("/adaptformer", f"/{ref}") for c in COLUMNS]
+    columns += ["peak_train_mem_mb", f"peak_train_mem_mb/{ref}"] if args.device.startswith("cuda") else []
     print(f"{args.arch}, {args.frames} x {args.img_size} (tubelet {args.tubelet}), batch {args.batch}, "
           f"{args.device} {args.dtype}, {machine['cpu_threads']} threads, median of {args.rounds} interleaved rounds")
     print(markdown_table(rows, [c for c in columns if any(c in r for r in rows)]))

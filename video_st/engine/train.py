@@ -39,6 +39,9 @@ from .optim import CosineSchedule, make_adamw, param_groups, set_lr
 
 _log = logging.getLogger(__name__)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped by a signal after saving; slurm/*.sh requeues on it
+# Written beside the exit code: a launcher may see another code when its first finished rank makes it kill the
+# rest (srun --kill-on-bad-exit), so slurm/_train_job.sh also looks for this file.
+REQUEUE_MARKER = "stopped_for_requeue.json"
 
 
 class StopFlag:
@@ -188,12 +191,17 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> int:
         stop = StopFlag()
+        marker = output_path(self.cfg, REQUEUE_MARKER)
         try:
+            if self.env.is_main and os.path.exists(marker):
+                os.remove(marker)
             self.resume()
             while self.step < self.total_steps:
                 if self._train_epoch(stop):
                     self.save()
                     self.log.write("stopped", self.step, signal=stop.signal)
+                    if self.env.is_main:
+                        write_atomic(marker, json.dumps({"step": self.step, "signal": stop.signal}))
                     return EXIT_REQUEUE
                 if self.micro_done >= self.micro_per_epoch:
                     self._end_epoch()
