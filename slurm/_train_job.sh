@@ -30,14 +30,16 @@ fi
 read -r -a extra <<< "${EXTRA:-}"
 overrides+=(${extra[@]+"${extra[@]}"})
 
-# Rendezvous for every srun task: the first node of the allocation and a port derived from the job id
-# (video_st/engine/distributed.py computes the same when these are unset).
+# Rendezvous for every srun task: the first node of the allocation and a port derived from the job id and the
+# restart count (video_st/engine/distributed.py computes the same when these are unset). A requeued job gets a
+# new port: the previous run's store socket may still hold the old one.
+RESTART="${SLURM_RESTART_COUNT:-0}"
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
-MASTER_PORT="$((20000 + JOB_ID % 20000))"
+MASTER_PORT="$((20000 + (JOB_ID * 10 + RESTART) % 20000))"
 export MASTER_ADDR MASTER_PORT
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 
-echo "$(date -Is) job $JOB_ID restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST}: ${SLURM_NTASKS:-1} tasks," \
+echo "$(date -Is) job $JOB_ID restart $RESTART on ${SLURM_JOB_NODELIST}: ${SLURM_NTASKS:-1} tasks," \
      "config $CONFIG, output $OUTPUT_DIR, rendezvous $MASTER_ADDR:$MASTER_PORT"
 
 step_pid=""
@@ -47,6 +49,7 @@ forward_stop() {
 }
 trap forward_stop USR1 TERM
 
+rm -f "$OUTPUT_DIR/stopped_for_requeue.json"  # only this run's stop may requeue it
 srun --kill-on-bad-exit=1 "$PYTHON" tools/train_net.py --config "$CONFIG" "${overrides[@]}" &
 step_pid=$!
 # `wait` returns early when a trapped signal arrives; keep waiting until the step itself has ended.

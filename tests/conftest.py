@@ -93,3 +93,17 @@ def tiny_overrides(summary, output_dir, *extra: str) -> list[str]:
     return [f"data.root={summary.root}", f"data.train={summary.annotation_files['train']}",
             f"data.val={summary.annotation_files['val']}", f"output_dir={output_dir}", "data.num_workers=0",
             "log.progress=false", "log.tensorboard=false", "data.hflip=none", *extra]
+
+
+def python_launcher(nproc: int = 1) -> list[str]:
+    """The interpreter, or torchrun with ``nproc`` processes on a concrete free port (with --master_port 0
+    the workers do not learn the port the agent picked)."""
+    import socket
+    import sys
+
+    if nproc == 1:
+        return [sys.executable]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]

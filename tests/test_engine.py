@@ -27,7 +27,8 @@ def test_detect_torchrun_srun_and_plain():
             "SLURM_STEP_NODELIST": "gpu[08-11]", "SLURM_JOB_ID": "4242"}
     env = distributed.detect(srun)
     assert (env.rank, env.local_rank, env.world_size, env.master_addr, env.launcher) == (5, 1, 8, "gpu08", "srun")
-    assert env.master_port == distributed.slurm_port("4242") == 24242
+    assert env.master_port == distributed.slurm_port("4242") == 20000 + 42420 % 20000
+    assert distributed.detect({**srun, "SLURM_RESTART_COUNT": "1"}).master_port == env.master_port + 1
     # A batch script running python itself (no srun step) is a world of one, whatever SLURM_NTASKS says.
     env = distributed.detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"})
     assert (env.world_size, env.launcher) == (1, "none")

@@ -2,7 +2,6 @@
 checkpoint kind loads to the same predictions, metrics against hand-computed values."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +14,14 @@ from video_st.engine.evaluate import Predictions, accuracy
 from video_st.engine.report import metrics
 from video_st.models.factory import save_video_st
 
-from .conftest import tiny_overrides
+from .conftest import python_launcher, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_cpu.yaml")
 
 
 def _test_net(summary, out, *extra, nproc=1):
-    launcher = [sys.executable]
-    if nproc > 1:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
-    cmd = [*launcher, str(ROOT / "tools" / "test_net.py"), "--config", TINY, "--output", str(out),
+    cmd = [*python_launcher(nproc), str(ROOT / "tools" / "test_net.py"), "--config", TINY, "--output", str(out),
            *tiny_overrides(summary, out.parent, "test.batch_size=1", *extra)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})

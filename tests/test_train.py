@@ -4,16 +4,14 @@ bf16 + ZeRO-2 over 2 gloo ranks, exact resume after SIGKILL, graceful stop on SI
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import tiny_overrides
+from .conftest import python_launcher, tiny_overrides
 from video_st import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,14 +19,7 @@ TINY = str(ROOT / "configs" / "tiny_cpu.yaml")
 
 
 def _command(summary, out, *extra, nproc=1):
-    launcher = [sys.executable]
-    if nproc > 1:
-        # A concrete free port: with --master_port 0 the workers do not learn the port the agent picked.
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
-    return [*launcher, str(ROOT / "tools" / "train_net.py"), "--config", TINY, *tiny_overrides(summary, out, *extra)]
+    return [*python_launcher(nproc), str(ROOT / "tools" / "train_net.py"), "--config", TINY, *tiny_overrides(summary, out, *extra)]
 
 
 def _env():
@@ -144,3 +135,25 @@ def test_ddp_engine_matches_deepspeed_in_fp32(tiny_k400, tmp_path):
     assert all(torch.allclose(ds[k], ddp[k], atol=1e-5) for k in ds)
     assert not all(torch.equal(ds[k], create_model("vit_tiny_test", method="sparse_tuning", num_classes=4,
                                                    sparse_layers=[2, 3]).state_dict()[k]) for k in ds)
+
+
+def test_mixup_cutmix_ema_and_device_randaugment_run(tiny_k400, tmp_path):
+    """The recipe parts the other tests leave off: video mixup/cutmix with soft targets, EMA of the trainable
+    weights, RandAugment on the device, keep-rate warm-up, drop path; the EMA export differs from the weights."""
+    _run(tiny_k400, tmp_path, "engine.max_steps=3", "engine.precision=fp32", "optim.mixup_alpha=0.8",
+         "optim.cutmix_alpha=1.0", "optim.ema_decay=0.5", "data.rand_augment=[2,9]", "data.augment_on=device",
+         "optim.keep_rate_warmup_epochs=1", "model.drop_path_rate=0.1", "log.every_steps=1")
+    records = [r for r in _log(tmp_path) if r["kind"] == "train"]
+    assert len(records) == 3 and all(0.7 <= r["keep_rate"] <= 1.0 for r in records)
+    assert records[0]["keep_rate"] > records[-1]["keep_rate"]  # warming up towards 0.7
+    ema = torch.load(tmp_path / "trainable_ema.pt", weights_only=True)["state_dict"]
+    final = _final(tmp_path)
+    assert set(ema) < set(final) and any(not torch.equal(ema[k], final[k]) for k in ema)
+
+
+def test_submit_py_runs_training_with_the_local_executor(tiny_k400, tmp_path):
+    cmd = [*python_launcher(1), str(ROOT / "tools" / "submit.py"), "train", "--local", "--config", TINY,
+           *tiny_overrides(tiny_k400, tmp_path, "engine.max_steps=2", "engine.precision=fp32")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "submitted train job" in result.stdout and (tmp_path / "model_final.pt").exists()

@@ -15,7 +15,6 @@ partial_videos.txt.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -30,14 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. test.temporal_views=5 test.ensemble=logit")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
-    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
-    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
 
     from video_st.config import ConfigError, load_config
+    from video_st.engine.logs import setup_logging
     from video_st.engine.report import format_summary
     from video_st.engine.testing import run_test
     from video_st.models.convert import CheckpointError
+
+    rank = setup_logging()
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -13,7 +13,6 @@ next start resumes from that checkpoint with checkpoint.resume=auto, the default
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -26,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 engine.kind=ddp")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
-    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
-    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
 
     from video_st.config import ConfigError, load_config
+    from video_st.engine.logs import setup_logging
     from video_st.engine.train import train
+
+    setup_logging()
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -50,9 +50,10 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
-def slurm_port(job_id: str) -> int:
-    """A port every task of a job agrees on, spread over 20000-39999 so jobs sharing a node rarely collide."""
-    return 20000 + int(re.sub(r"\D", "", job_id) or 0) % 20000
+def slurm_port(job_id: str, restart: int = 0) -> int:
+    """A port every task of a job agrees on, spread over 20000-39999 so jobs sharing a node rarely collide, and
+    new after each requeue (the previous run's socket may linger). slurm/_train_job.sh uses the same formula."""
+    return 20000 + (int(re.sub(r"\D", "", job_id) or 0) * 10 + restart) % 20000
 
 
 def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
@@ -68,7 +69,8 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
         return DistEnv(rank=int(env["SLURM_PROCID"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
                        world_size=int(env["SLURM_STEP_NUM_TASKS"]),
                        master_addr=env.get("MASTER_ADDR") or expand_nodelist(nodes)[0],
-                       master_port=int(env.get("MASTER_PORT") or slurm_port(env.get("SLURM_JOB_ID", "0"))),
+                       master_port=int(env.get("MASTER_PORT") or slurm_port(env.get("SLURM_JOB_ID", "0"),
+                                                                            int(env.get("SLURM_RESTART_COUNT", 0)))),
                        launcher="srun")
     return DistEnv(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=0, launcher="none")
 

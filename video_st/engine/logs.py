@@ -15,6 +15,14 @@ import torch
 _log = logging.getLogger(__name__)
 
 
+def setup_logging() -> str:
+    """INFO on rank 0, warnings elsewhere, each line tagged with the rank (from any launcher's environment)."""
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    return rank
+
+
 def memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated by this process, or its peak resident set size on CPU."""
     if device.type == "cuda":
