@@ -63,6 +63,7 @@ def test_sbatch_k400_trains_checkpoints_and_tests(cluster, tiny_k400):
     log, err = (folder / f"k400_{job}.out").read_text(), (folder / f"k400_{job}.err").read_text()
     assert result.returncode == 0, log + err
     assert "training finished" in log and "videos evaluated: 7 (3 views each: 1 temporal x 3 spatial" in log
+    assert "requeue" not in log  # a finished job never requeues
     assert "epoch 2: val top-1" in err and (out / "checkpoints" / "best.json").exists()
     assert json.loads((out / "test" / "summary.json").read_text())["excluded"] == 1
 

@@ -122,3 +122,30 @@ def test_views_of_a_short_video(video_files):
     dataset = eval_dataset(cfg, [VideoRecord(str(video_files["short"]), 0, "short")], temporal_views=5, spatial_views=3)
     item = dataset[0]  # 5 frames, clip span 29: every view repeats the last frame
     assert item["error"] is None and item["views"].shape == (15, 3, 8, 32, 32)
+
+
+def test_a_hugging_face_videomae_folder_is_tested_directly(tiny_k400, tmp_path):
+    """A checkpoint of another codebase goes through the model factory's converter: here a (randomly
+    initialised) Hugging Face VideoMAE classifier saved with save_pretrained, at the test model's geometry."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    torch.manual_seed(0)
+    config = VideoMAEConfig(num_frames=4, tubelet_size=2, image_size=32, patch_size=8, hidden_size=64,
+                            num_hidden_layers=4, num_attention_heads=4, intermediate_size=256, num_labels=4)
+    hf = VideoMAEForVideoClassification(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    summary, probs, _ = _test_net(tiny_k400, tmp_path / "out", f"--checkpoint={tmp_path / 'hf'}", "model.method=full",
+                                  "model.sparse_layers=[]", "model.class_token=false", "model.global_pool=avg",
+                                  "test.spatial_views=1")
+    assert summary["checkpoint_kind"] == "converted checkpoint" and summary["videos"] == 7
+    # The first test video through Hugging Face's own model gives the same probabilities.
+    from video_st.config import load_config
+    from video_st.engine.build import eval_dataset, read_split
+
+    cfg = load_config(TINY, tiny_overrides(tiny_k400, tmp_path, "test.spatial_views=1"))
+    records, _ = read_split(cfg, "val", list(tiny_k400.classes))
+    first = probs["index"][0].item()
+    clip = eval_dataset(cfg, records, temporal_views=1, spatial_views=1)[first]["views"]  # (1, C, T, H, W)
+    with torch.no_grad():
+        expected = hf(pixel_values=clip.permute(0, 2, 1, 3, 4)).logits.softmax(-1)[0]
+    assert torch.allclose(probs["scores"][0], expected, atol=1e-4)

@@ -39,14 +39,16 @@ def resolve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> str:
     path = checkpoint or cfg.test.checkpoint
     if not path:
         path = cfg.checkpoint.dir or os.path.join(cfg.output_dir, "checkpoints")
-    if os.path.isdir(path) and not _is_checkpoint_dir(path):
+    hf_folder = any(os.path.exists(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin"))
+    if os.path.isdir(path) and not _is_checkpoint_dir(path) and not hf_folder:
         for pointer in ("best.json", "latest"):
             file = os.path.join(path, pointer)
             if os.path.exists(file):
                 with open(file, encoding="utf-8") as f:
                     tag = json.load(f)["tag"] if pointer == "best.json" else f.read().strip()
                 return os.path.join(path, tag)
-        raise CheckpointError(f"{path}: no best.json or latest: not a run's checkpoint folder")
+        raise CheckpointError(f"{path}: no best.json or latest (not a run's checkpoint folder) and no weights "
+                              "of a Hugging Face folder")
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint")
     return path
