@@ -37,6 +37,9 @@ RESTART="${SLURM_RESTART_COUNT:-0}"
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 MASTER_PORT="$((20000 + (JOB_ID * 10 + RESTART) % 20000))"
 export MASTER_ADDR MASTER_PORT
+# srun assigns the ranks (SLURM_PROCID ...); a RANK / WORLD_SIZE exported from the submitting shell (sbatch copies
+# its environment) would make every task believe it is rank 0 of its own world.
+unset RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 
 echo "$(date -Is) job $JOB_ID restart $RESTART on ${SLURM_JOB_NODELIST}: ${SLURM_NTASKS:-1} tasks," \

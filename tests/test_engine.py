@@ -166,9 +166,16 @@ def test_batch_augment_normalises_and_keeps_frames_consistent():
 # -- backends ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def process_group():
+    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env = distributed.detect({})
-    distributed.init(env, torch.device("cpu"))
+    distributed.init(env, torch.device("cpu"))  # exports RANK etc. for DeepSpeed, in this process
     yield
+    # Leave no launcher variables behind: later tests start launchers whose children inherit them.
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _one_step(kind: str, clip_grad, precision="fp32"):

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slurm
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "SLURM_TEST_DIR": str(folder / "cluster")}
+    launcher_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
+    env["SLURM_TEST_DIR"] = str(folder / "cluster")
     start = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600)
     if start.returncode == 3:
         pytest.skip(f"no Slurm here and it cannot be installed: {start.stderr.strip()}")
