@@ -133,6 +133,7 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkp
     dataset = eval_dataset(cfg, records, temporal_views=temporal, spatial_views=spatial)
     loader = make_loader(dataset, batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,
                          sampler=ShardSampler(len(records), rank=env.rank, world_size=env.world_size))
+    model.merge_lora()  # LoRA folded into the weights: the test costs what the backbone costs
     model = model.to(device).eval()
     shape = (1, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size)
     gflops = count_flops(model, shape) if env.is_main else 0.0

@@ -107,6 +107,8 @@ TRAINABLE_PREFIXES: dict[str, tuple[str, ...]] = {
     "adaptformer": ("head.", "adapter", "pos_embed_temporal"),
     "dense_adapter": ("head.", "adapter", "pos_embed_temporal"),
     "sparse_tuning": ("head.", "adapter", "pos_embed_temporal"),
+    "lora": ("head.", "lora", "pos_embed_temporal"),
+    "bitfit": ("head.", "bias", "pos_embed_temporal"),
 }
 
 
@@ -115,8 +117,18 @@ def list_methods() -> list[str]:
 
 
 def _is_trainable(name: str, prefixes: Iterable[str]) -> bool:
-    # "adapter" matches the adapter module of any block ("blocks.3.adapter.up.weight").
-    return any(name.startswith(p) or (p == "adapter" and ".adapter." in f".{name}") for p in prefixes)
+    # "adapter" matches the adapter module of any block ("blocks.3.adapter.up.weight"), "lora" the LoRA updates
+    # ("blocks.3.attn.lora_q.down.weight"), "bias" every bias (BitFit: linear layers and LayerNorms alike).
+    def match(p: str) -> bool:
+        if p == "adapter":
+            return ".adapter." in f".{name}"
+        if p == "lora":
+            return ".lora_" in name
+        if p == "bias":
+            return name.endswith(".bias")
+        return name.startswith(p)
+
+    return any(match(p) for p in prefixes)
 
 
 def mark_trainable(model: nn.Module, method: str) -> list[str]:

@@ -39,6 +39,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "adaptformer": {"adapter": "parallel", "adapter_bottleneck": 64, "adapter_scale": 0.1},
     "dense_adapter": {"adapter": "dense", "adapter_bottleneck": 32, "adapter_scale": 1.0},
     "sparse_tuning": {"adapter": "dense", "adapter_bottleneck": 32, "adapter_scale": 1.0, "keep_rate": 0.7},
+    "lora": {"lora_rank": 8},  # q and v, rank 8, scale 1 (alpha = rank)
+    "bitfit": {},
 }
 assert set(METHODS) == set(TRAINABLE_PREFIXES), "every method needs a trainable set in adapters.py"
 
@@ -106,7 +108,7 @@ def _check_arch(arch: str, variant: dict[str, Any], found: dict[str, Any], kwarg
 
 
 # Parameters a checkpoint may lack: the new parts of a fine-tuning model.
-_NEW_PARAM_MARKERS = (".adapter.", "head.", "pos_embed_temporal", "fc_norm.")
+_NEW_PARAM_MARKERS = (".adapter.", ".lora_", "head.", "pos_embed_temporal", "fc_norm.")
 
 
 def load_converted(

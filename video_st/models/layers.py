@@ -54,6 +54,29 @@ class PatchEmbed3d(nn.Module):
         return rearrange(self.proj(x), "b d t h w -> b (t h w) d")
 
 
+class LoRA(nn.Module):
+    """Low-rank update ``scale * up(down(x))`` of a frozen projection (Hu et al. 2021): down is Kaiming-uniform,
+    up starts at zero, so a fresh LoRA leaves the model unchanged."""
+
+    def __init__(self, *, dim_in: int, dim_out: int, rank: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim_in, rank, bias=False)
+        self.up = nn.Linear(rank, dim_out, bias=False)
+        self.scale = scale
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x)) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        """The (dim_out, dim_in) matrix this update adds to the projection's weight."""
+        return (self.up.weight @ self.down.weight) * self.scale
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through fused SDPA, with optional importance scores for token reduction.
 
@@ -70,6 +93,8 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        lora_rank: int = 0,
+        lora_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -81,10 +106,27 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # LoRA on the query and value projections (the original paper's choice), applied beside the frozen qkv.
+        self.lora_q = LoRA(dim_in=dim, dim_out=dim, rank=lora_rank, scale=lora_scale) if lora_rank else None
+        self.lora_v = LoRA(dim_in=dim, dim_out=dim, rank=lora_rank, scale=lora_scale) if lora_rank else None
+
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """Fold the LoRA updates into qkv's weight and drop them: inference costs what the backbone costs."""
+        if self.lora_q is None:
+            return
+        dim = self.proj.in_features
+        self.qkv.weight[:dim] += self.lora_q.delta_weight()
+        self.qkv.weight[2 * dim :] += self.lora_v.delta_weight()
+        self.lora_q = self.lora_v = None
 
     def forward(self, x: torch.Tensor, score_query: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns ``(output, scores)``; ``scores`` is (B, N) when ``score_query`` is "cls" or "mean", else None."""
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        qkv = self.qkv(x)
+        if self.lora_q is not None:
+            dim = self.proj.in_features
+            qkv = torch.cat([qkv[..., :dim] + self.lora_q(x), qkv[..., dim : 2 * dim], qkv[..., 2 * dim :] + self.lora_v(x)], -1)
+        q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         scores = None
         if score_query is not None:

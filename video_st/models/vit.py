@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .adapters import AdapterState, DenseAdapter, ParallelAdapter
-from .layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed3d, fixed_grid_table
+from .layers import Attention, DropPath, LayerScale, LoRA, Mlp, PatchEmbed3d, fixed_grid_table
 from .sparsify import FUSE_MODES, expand_keep_rates, plan_reduction
 
 History = tuple[AdapterState, ...]  # states of the most recent Dense Adapters, oldest first
@@ -50,10 +50,12 @@ class Block(nn.Module):
         fuse: str = "mean",
         num_prefix: int = 1,
         history_len: int = 0,
+        lora_rank: int = 0,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                              lora_rank=lora_rank)
         self.ls1 = LayerScale(dim=dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
@@ -142,6 +144,7 @@ class VideoViT(nn.Module):
         sparse_layers: Sequence[int] = (),
         keep_rate: float | Sequence[float] = 0.7,
         fuse: str = "mean",
+        lora_rank: int = 0,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
@@ -212,6 +215,7 @@ class VideoViT(nn.Module):
                     fuse=fuse,
                     num_prefix=self.num_prefix_tokens,
                     history_len=history_len,
+                    lora_rank=lora_rank,
                 )
             )
         self.blocks = nn.ModuleList(blocks)
@@ -240,7 +244,7 @@ class VideoViT(nn.Module):
             nn.init.normal_(self.cls_token, std=1e-6)
         # Adapters last: their zero-initialised up-projections make a fresh model equal to its backbone.
         for module in self.modules():
-            if isinstance(module, (ParallelAdapter, DenseAdapter)):
+            if isinstance(module, (ParallelAdapter, DenseAdapter, LoRA)):
                 module.reset_parameters()
 
     @property
@@ -256,6 +260,11 @@ class VideoViT(nn.Module):
     @property
     def keep_rates(self) -> tuple[float, ...]:
         return tuple(b.keep_rate for b in self.reducing_blocks)
+
+    def merge_lora(self) -> None:
+        """Fold every LoRA update into the frozen weights (for inference and export); a no-op without LoRA."""
+        for block in self.blocks:
+            block.attn.merge_lora()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
