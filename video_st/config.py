@@ -19,6 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .fileio import write_atomic
+
 
 class ConfigError(ValueError):
     pass
@@ -250,11 +252,7 @@ def _check_values(cfg: DictConfig) -> None:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """The resolved config as YAML, written atomically."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def to_dict(node: DictConfig | ListConfig) -> Any:

@@ -17,6 +17,8 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..fileio import write_atomic
+
 _log = logging.getLogger(__name__)
 
 K400_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
@@ -219,7 +221,4 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
 
 def save_class_names(names: Sequence[str], path: str | os.PathLike) -> None:
     """The class index -> name map saved with a run (JSON list), written atomically."""
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(list(names), f, indent=1)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(list(names), indent=1))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fileio import write_atomic
 from .annotations import (  # noqa: F401  (re-exported: the dataset API in one place)
     AnnotationError,
     VideoRecord,
@@ -250,11 +251,7 @@ class BadFileLog:
                 _log.warning("unreadable video replaced by another sample: %s (%s)", path, cause)
 
     def write(self, path: str | os.PathLike) -> None:
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w") as f:
-            for bad, cause in sorted(self.seen.items()):
-                f.write(f"{bad}\t{cause}\n")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(f"{bad}\t{cause}\n" for bad, cause in sorted(self.seen.items())))
 
 
 def _worker_init(_: int) -> None:

@@ -63,12 +63,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from ..fileio import atomic_open
 from . import decode, media
 from .annotations import AnnotationError
 from .decode import VideoReadError
@@ -305,7 +305,7 @@ def _write_shard_list(records: list[Record], *, spec: JobSpec, path: str | None)
         lines = [_frame_line(r, output=os.path.abspath(spec.output)) for r in ordered if r.status != "failed"]
     else:
         lines = [r.input for r in ordered if r.status == "failed"]
-    _write_atomic(path, lines)
+    _write_lines(path, lines)
     return path
 
 
@@ -314,15 +314,9 @@ def _frame_line(record: Record, *, output: str) -> str:
     return f"{frame_dir} {record.num_frames} {record.label}"
 
 
-def _write_atomic(path: str, lines: Iterable[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+def _write_lines(path: str, lines: Iterable[str]) -> None:
+    with atomic_open(path) as f:
+        f.writelines(line + "\n" for line in lines)
 
 
 # ------------------------------------------------------------------------------------------------- merge
@@ -346,7 +340,7 @@ def merge(spec: JobSpec, *, num_shards: int) -> str | None:
                 if line.strip():
                     by_key[_list_key(line, subcommand=spec.subcommand)] = line.rstrip("\n")
     keys = [_item_key(item, spec=spec) for item in plan(spec)]
-    _write_atomic(final, [by_key[key] for key in keys if key in by_key])
+    _write_lines(final, [by_key[key] for key in keys if key in by_key])
     _log.info("merged %d shard lists into %s", num_shards, final)
     return final
 

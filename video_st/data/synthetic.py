@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..fileio import write_atomic
 from .annotations import strip_template
 from .scenes import (  # noqa: F401  (re-exported: the generator's public names in one place)
     DIRECTIONS,
@@ -238,13 +239,13 @@ def _make(root: str | os.PathLike, *, style: str, num_classes: int, train_per_cl
     planted = _plant_corrupt(rng, root=root, items=items, corrupt=corrupt)
     # Annotations after the videos and classes.json last: a killed run has no classes.json.
     corrupt_file = os.path.join(root, "corrupt.json")
-    _write_atomic(corrupt_file, _json([c.to_json() for c in planted]))
+    write_atomic(corrupt_file, _json([c.to_json() for c in planted]))
     if style == "k400":
         annotation_files = _write_k400_annotations(root, items)
     else:
         annotation_files = _write_ssv2_annotations(root, items, classes=classes)
     classes_file = os.path.join(root, "classes.json")
-    _write_atomic(classes_file, _json(classes))
+    write_atomic(classes_file, _json(classes))
 
     summary = DatasetSummary(
         style=style, root=root, classes=tuple(classes), annotation_files=annotation_files,
@@ -377,7 +378,7 @@ def _plant_corrupt(rng: np.random.Generator, *, root: str, items: list[_Item],
             data = valid[: int(len(valid) * 0.4)]
         else:  # random bytes of the size the real file has
             data = rng.bytes(len(valid))
-        _write_atomic(path, data)
+        write_atomic(path, data)
         planted.append(CorruptFile(path=item.relpath, kind=kind, split=item.split))
         _log.info("planted %s file %s", kind, item.relpath)
     return sorted(planted, key=lambda c: c.path)
@@ -392,15 +393,15 @@ def _write_k400_annotations(root: str, items: list[_Item]) -> dict[str, str]:
         writer.writeheader()
         writer.writerows(item.row for item in items if item.split == split)
         files[split] = os.path.join(root, "annotations", f"{split}.csv")
-        _write_atomic(files[split], out.getvalue())
+        write_atomic(files[split], out.getvalue())
     return files
 
 
 def _write_ssv2_annotations(root: str, items: list[_Item], *, classes: list[str]) -> dict[str, str]:
     files = {key: os.path.join(root, name) for key, name in SSV2_FILES.items()}
-    _write_atomic(files["labels"], _json({name: str(i) for i, name in enumerate(classes)}))
+    write_atomic(files["labels"], _json({name: str(i) for i, name in enumerate(classes)}))
     for split in _SPLITS:
-        _write_atomic(files[split], _json([item.row for item in items if item.split == split]))
+        write_atomic(files[split], _json([item.row for item in items if item.split == split]))
     return files
 
 
@@ -423,18 +424,6 @@ def _encode(path: str, frames: np.ndarray, *, fps: int, codec: str, format: str,
             for image in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(stream.encode())  # flush the encoder's delayed frames
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_atomic(path: str, data: str | bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

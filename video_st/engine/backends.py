@@ -92,17 +92,6 @@ class DeepSpeedBackend:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {directory}")
         return client_state
 
-    def fp32_state_dict(self, directory: str) -> dict[str, torch.Tensor]:
-        """Full-precision weights of a saved checkpoint: the module's own where it trains in fp32, else the
-        optimizer's fp32 master copies consolidated over ZeRO partitions (the module holds bf16/fp16 ones)."""
-        if self.input_dtype == torch.float32:
-            return {k: v.detach().float().cpu() for k, v in self.module.state_dict().items()}
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(directory), tag=os.path.basename(directory))
-        # Frozen weights and buffers come back from the module file; cast everything floating to fp32.
-        return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-
 
 class DDPBackend:
     """DistributedDataParallel (or the bare module in a world of one) with torch.autocast and, for fp16, a
@@ -173,6 +162,26 @@ class DDPBackend:
         self.micro_step = state["micro_step"]
         return state["client_state"]
 
-    def fp32_state_dict(self, directory: str) -> dict[str, torch.Tensor]:
-        return {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-                for k, v in self.module.state_dict().items()}
+
+DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in (DEEPSPEED_MODEL_FILE, STATE_FILE))
+
+
+def checkpoint_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of an engine checkpoint folder (either backend). Where DeepSpeed trained in bf16/fp16 its
+    module file holds the low-precision copies: the fp32 masters are consolidated from the ZeRO optimizer
+    partitions (DeepSpeed's zero_to_fp32), frozen weights and buffers come from the module file."""
+    # Our own files: the client state holds Python and numpy RNG states, which weights_only refuses.
+    if os.path.exists(os.path.join(path, STATE_FILE)):
+        module = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)["module"]
+    else:
+        module = torch.load(os.path.join(path, DEEPSPEED_MODEL_FILE), map_location="cpu", weights_only=False)["module"]
+        low_precision = any(v.dtype in (torch.bfloat16, torch.float16) for v in module.values())
+        if low_precision and any(n.endswith("optim_states.pt") for n in os.listdir(path)):
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            module = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(path), tag=os.path.basename(path))
+    return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}

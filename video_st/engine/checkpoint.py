@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fileio import write_atomic
 from . import distributed
 
 _log = logging.getLogger(__name__)
@@ -50,15 +51,6 @@ def _sha256(path: str) -> str:
 def _files(folder: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names
                   if n != MANIFEST)
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def verify(folder: str) -> str | None:

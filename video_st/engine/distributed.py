@@ -109,12 +109,16 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def collective_device() -> torch.device:
+    """Where tensors for the default group's collectives must live: the current GPU for NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """All-reduce a small tensor (on the collective's device) and return it on the caller's device."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return values
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    work = values.to(device).clone()
+    work = values.to(collective_device()).clone()
     dist.all_reduce(work, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return work.to(values.device)
 

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from . import distributed
+
 ENSEMBLES = ("prob", "logit", "max")
 
 
@@ -74,7 +76,7 @@ def predict(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[d
 def _all_gather_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
     """Concatenate every rank's (n_r, width) tensor (n_r may differ and be 0), in rank order."""
     world = dist.get_world_size()
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = distributed.collective_device()
     count = torch.tensor([rows.shape[0]], device=device)
     counts = [torch.zeros_like(count) for _ in range(world)]
     dist.all_gather(counts, count)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..fileio import atomic_open, write_atomic
 from .evaluate import Predictions, accuracy
 
 
@@ -41,13 +42,6 @@ def metrics(pred: Predictions, num_classes: int) -> dict[str, Any]:
     }
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _csv(rows: Sequence[Sequence[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
@@ -67,23 +61,22 @@ def write_report(out_dir: str, *, pred: Predictions, result: dict[str, Any], sum
             ranked = [v for c, s in zip(top_classes[n].tolist(), top_scores[n].tolist(), strict=True)
                       for v in (class_names[c], f"{s:.6f}")]
             rows.append([video_ids[index], label, class_names[label] if label >= 0 else "", int(pred.views[n]), *ranked])
-    _write_text(os.path.join(out_dir, "predictions.csv"), _csv(rows))
-    tmp = os.path.join(out_dir, "probabilities.pt.tmp")
-    torch.save({"index": pred.index, "video_id": [video_ids[i] for i in pred.index.tolist()], "scores": pred.scores,
-                "labels": pred.labels, "views": pred.views, "classes": list(class_names),
-                "ensemble": summary["ensemble"]}, tmp)
-    os.replace(tmp, os.path.join(out_dir, "probabilities.pt"))
+    write_atomic(os.path.join(out_dir, "predictions.csv"), _csv(rows))
+    with atomic_open(os.path.join(out_dir, "probabilities.pt"), "wb") as f:
+        torch.save({"index": pred.index, "video_id": [video_ids[i] for i in pred.index.tolist()], "scores": pred.scores,
+                    "labels": pred.labels, "views": pred.views, "classes": list(class_names),
+                    "ensemble": summary["ensemble"]}, f)
     if "per_class_accuracy" in result:
         table = [["class", "name", "videos", "accuracy"]]
         table += [[c, class_names[c], result["per_class_videos"][c], f"{result['per_class_accuracy'][c]:.4f}"]
                   for c in range(len(class_names))]
-        _write_text(os.path.join(out_dir, "per_class.csv"), _csv(table))
+        write_atomic(os.path.join(out_dir, "per_class.csv"), _csv(table))
         plot_confusion(result["confusion"], class_names, os.path.join(out_dir, "confusion.png"))
     excluded = [f"{paths[f['index']]}\t{f['error']}" for f in pred.failed]
     partial = [f"{paths[p['index']]}\t{sum(p['view_ok'])} of {len(p['view_ok'])} views\t{p['error']}" for p in pred.partial]
-    _write_text(os.path.join(out_dir, "excluded_videos.txt"), "".join(line + "\n" for line in excluded))
-    _write_text(os.path.join(out_dir, "partial_videos.txt"), "".join(line + "\n" for line in partial))
-    _write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    write_atomic(os.path.join(out_dir, "excluded_videos.txt"), "".join(line + "\n" for line in excluded))
+    write_atomic(os.path.join(out_dir, "partial_videos.txt"), "".join(line + "\n" for line in partial))
+    write_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: str) -> None:
@@ -105,10 +98,9 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -24,14 +24,13 @@ from ..models.convert import CheckpointError, read_checkpoint, unwrap
 from ..models.flops import count_flops
 from ..models.vit import VideoViT
 from . import distributed
-from .backends import DTYPES, STATE_FILE
+from .backends import DTYPES, checkpoint_state_dict, is_checkpoint_dir
 from .build import build_model, eval_dataset, read_split
 from .evaluate import gather, predict
 from .logs import Progress
 from .report import metrics, write_report
 
 _log = logging.getLogger(__name__)
-DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
 
 
 def resolve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> str:
@@ -40,7 +39,7 @@ def resolve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> str:
     if not path:
         path = cfg.checkpoint.dir or os.path.join(cfg.output_dir, "checkpoints")
     hf_folder = any(os.path.exists(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin"))
-    if os.path.isdir(path) and not _is_checkpoint_dir(path) and not hf_folder:
+    if os.path.isdir(path) and not is_checkpoint_dir(path) and not hf_folder:
         for pointer in ("best.json", "latest"):
             file = os.path.join(path, pointer)
             if os.path.exists(file):
@@ -54,30 +53,13 @@ def resolve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> str:
     return path
 
 
-def _is_checkpoint_dir(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, f)) for f in (DEEPSPEED_MODEL_FILE, STATE_FILE))
-
-
-def _engine_checkpoint_state(path: str) -> dict[str, torch.Tensor]:
-    """Weights of an engine checkpoint folder; fp32 masters consolidated over ZeRO ranks where they exist."""
-    if os.path.exists(os.path.join(path, STATE_FILE)):
-        return torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)["module"]
-    module = torch.load(os.path.join(path, DEEPSPEED_MODEL_FILE), map_location="cpu", weights_only=False)["module"]
-    if any(n.endswith("optim_states.pt") for n in os.listdir(path)) and any(
-            v.dtype in (torch.bfloat16, torch.float16) for v in module.values()):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        module = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(path), tag=os.path.basename(path))
-    return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
-
-
 def load_model(cfg: DictConfig, path: str) -> tuple[VideoViT, dict[str, Any]]:
     """Build ``cfg.model`` and load ``path``: an engine checkpoint folder (DeepSpeed or DDP), a consolidated
     file (model_final.pt), an adapter-only file over the ``model.pretrained`` backbone, or any checkpoint
     tools/convert_checkpoint.py reads (a converted or raw VideoMAE / Hugging Face / timm file)."""
     meta: dict[str, Any] = {}
-    if os.path.isdir(path) and _is_checkpoint_dir(path):
-        model, state, kind = build_model(cfg), _engine_checkpoint_state(path), "engine checkpoint"
+    if os.path.isdir(path) and is_checkpoint_dir(path):
+        model, state, kind = build_model(cfg), checkpoint_state_dict(path), "engine checkpoint"
     else:
         state, meta = unwrap(read_checkpoint(path)[0])
         meta = meta or {}

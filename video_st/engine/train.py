@@ -27,12 +27,13 @@ from ..data.annotations import save_class_names
 from ..data.datasets import BadFileLog, make_loader
 from ..data.samplers import ShardSampler, TrainSampler
 from ..data.transforms import BatchAugment, make_mixup
+from ..fileio import write_atomic
 from ..models.factory import save_video_st
 from ..models.sparsify import KeepRateWarmup, keep_count
 from . import distributed
-from .backends import DDPBackend, DeepSpeedBackend, deepspeed_config
+from .backends import DDPBackend, DeepSpeedBackend, checkpoint_state_dict, deepspeed_config
 from .build import build_model, eval_dataset, output_path, read_split, train_dataset
-from .checkpoint import CheckpointManager, load_rng, write_atomic
+from .checkpoint import CheckpointManager, load_rng
 from .evaluate import accuracy, gather, mean_loss, predict
 from .logs import Progress, RunLog, memory_mb
 from .optim import CosineSchedule, make_adamw, param_groups, set_lr
@@ -337,7 +338,7 @@ class Trainer:
         """Exports for the test tool and for sharing: fp32 consolidated weights and the trainable part alone."""
         folder = self.checkpoints.newest_valid()
         if self.env.is_main and folder is not None:
-            state = self.backend.fp32_state_dict(folder)
+            state = checkpoint_state_dict(folder)
             meta = {"create_args": self.model.create_args, "classes": self.class_names, "step": self.step}
             save_video_st(state, output_path(self.cfg, "model_final.pt"), **meta)
             trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..fileio import atomic_open
 from .adapters import TRAINABLE_PREFIXES, mark_trainable
 from .convert import CheckpointError, adapt_to_model, to_video_st
 from .vit import VideoViT
@@ -162,9 +163,8 @@ def save_video_st(state_dict: dict[str, torch.Tensor], dst: str | os.PathLike, *
                     if k not in ("arch", "method", "sparse_layers", "keep_rate", "fuse", "dense_inputs")
                     and not k.startswith("adapter")}
     meta["create_args"] = dict(create_args)
-    tmp = f"{os.fspath(dst)}.tmp"
-    torch.save({"state_dict": state_dict, "video_st": meta}, tmp)
-    os.replace(tmp, dst)
+    with atomic_open(dst, "wb") as f:
+        torch.save({"state_dict": state_dict, "video_st": meta}, f)
     return meta
 
 
