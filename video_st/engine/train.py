@@ -271,14 +271,15 @@ class Trainer:
             loss = torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.optim.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
+        value = loss.item()  # the one device sync of a micro-step (logging needs the value anyway)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {self.step}")
         self.backend.backward(loss)
         norm = self.backend.step()
         if boundary:
             self.grad_norm = norm
             self._update_ema()
-        return loss.item()
+        return value
 
     def _update_ema(self) -> None:
         if self.ema is None:
