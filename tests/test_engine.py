@@ -87,7 +87,7 @@ def test_token_ratio_follows_keep_rate():
     # 32 tokens; layers 1-2 see 32, layer 3 sees 16 + 1 fused, layer 4 sees 9 + 1.
     assert token_ratio(model) == pytest.approx((32 + 32 + 17 + 10) / (4 * 32))
     model.set_keep_rate(1.0)
-    assert token_ratio(model) > 1.0  # keep 1.0 still adds the fused token
+    assert token_ratio(model) == 1.0  # keep 1.0 drops nothing, so nothing is fused
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------

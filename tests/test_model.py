@@ -3,6 +3,7 @@ import torch
 
 from video_st import KeepRateWarmup, create_model, list_methods, list_models, load_trainable_state_dict, trainable_state_dict
 from video_st.models.adapters import DenseAdapter, ParallelAdapter
+from video_st.models.sparsify import TokenState
 
 from .conftest import tiny_clip
 
@@ -64,7 +65,7 @@ def test_kept_token_ids_follow_cls_attention():
     # Stage 1 keeps the top tokens of layer 2's [CLS] attention: recompute it by hand.
     with torch.no_grad():
         h = model._pos_embed(model.patch_embed(x))
-        h, _, _ = model.blocks[0](h, (), torch.arange(n).expand(2, -1))
+        h, _ = model.blocks[0](h, TokenState(ids=torch.arange(n).expand(2, -1)))
         attn = model.blocks[1].attn
         q, k, _ = attn.qkv(model.blocks[1].norm1(h)).reshape(2, -1, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         cls_row = ((q[:, :, :1] @ k.transpose(-2, -1)) * attn.scale).softmax(-1).mean(1)[:, 0, 1:]
@@ -163,7 +164,7 @@ def test_adapter_file_for_vit_b_is_a_few_megabytes():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(sparse_layers=(0, 5)), "1-based"),
+        (dict(method="sparse_tuning", sparse_layers=(0, 5)), "1-based"),
         (dict(num_frames=5), "num_frames=5"),
         (dict(img_size=36), "img_size=36"),
         (dict(global_pool="token", class_token=False), "class_token"),
@@ -189,10 +190,12 @@ def _literal_dense_adapter_forward(model, x):
     prefix = model.num_prefix_tokens
     outputs = []  # A_j, oldest first
     for block in model.blocks:
-        attn_out, scores = block.attn(block.norm1(h), score_query="cls" if block.reduces else None)
+        attn_out, info = block.attn(block.norm1(h), rows="cls" if block.reduces else None)
         h = h + attn_out
         if block.reduces:
-            plan = plan_reduction(scores[:, prefix:], keep_rate=block.keep_rate, num_prefix=prefix, fuse=block.fuse)
+            scores = info.rows.mean(dim=1)
+            plan = plan_reduction(scores[:, prefix:], keep_rate=block.reducer.keep_rate, num_prefix=prefix,
+                                  fuse=block.reducer.fuse)
             h, outputs = plan.apply(h), [plan.apply(a) for a in outputs]
         adapter = block.adapter
         inputs = [h] + outputs[::-1][: adapter.num_inputs - 1]

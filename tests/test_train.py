@@ -157,3 +157,28 @@ def test_submit_py_runs_training_with_the_local_executor(tiny_k400, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "submitted train job" in result.stdout and (tmp_path / "model_final.pt").exists()
+
+
+@pytest.mark.parametrize("method, extra", [("dyt", ("model.distill_weight=0.5",)), ("asvit", ())])
+def test_dynamic_methods_train_with_their_losses_and_test_on_the_kept_tokens(tiny_k400, tmp_path, method, extra):
+    """DyT (with self-distillation) and AS-ViT through the engine: calibrated at the start, their auxiliary losses
+    and measured rates logged, and tools/test_net.py counts the FLOPs their inference paths really compute."""
+    result = _run(tiny_k400, tmp_path, f"model.method={method}", "engine.max_steps=2", "engine.precision=fp32",
+                  "log.every_steps=1", *extra)
+    assert "calibrated to the target rates" in result.stderr
+    records = [r for r in _log(tmp_path) if r["kind"] == "train"]
+    if method == "dyt":
+        assert all({"loss_activation", "loss_distill", "loss_full_token", "activation_rate"} <= set(r) for r in records)
+    else:
+        assert all({"loss_budget", "kept_ratio"} <= set(r) for r in records) and "token_ratio" not in records[0]
+    test = subprocess.run([*python_launcher(1), str(ROOT / "tools" / "test_net.py"), "--config", TINY,
+                           *tiny_overrides(tiny_k400, tmp_path, f"model.method={method}", *extra)],
+                          capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
+    assert test.returncode == 0, test.stderr[-3000:]
+    summary = json.loads((tmp_path / "test" / "summary.json").read_text())
+    # Against the same adapters on every token (on the tiny model a bottleneck of 64 is as wide as the model).
+    dense = create_model("vit_tiny_test", method="adaptformer", num_classes=4)
+    from video_st.models.flops import count_flops
+
+    assert 0 < summary["gflops_per_view"] < count_flops(dense, (1, 3, 4, 32, 32))
+    assert 0 < summary["activation_rate" if method == "dyt" else "kept_ratio"] < 1

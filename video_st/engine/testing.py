@@ -118,13 +118,22 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkp
     model.merge_lora()  # LoRA folded into the weights: the test costs what the backbone costs
     model = model.to(device).eval()
     shape = (1, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size)
-    gflops = count_flops(model, shape) if env.is_main else 0.0
+    # Input-dependent models (DyT, AS-ViT) are counted on the first test batch below, the others on any clip.
+    gflops = count_flops(model, shape) if env.is_main and not model.input_dependent else 0.0
+    token_stats: dict[str, list[float]] = {}
+    first: list[torch.Tensor] = []
     # Mixed precision only on GPUs: CPU autocast in bf16 is slower than fp32 and changes the numbers.
     dtype = DTYPES[cfg.engine.precision] if device.type == "cuda" else torch.float32
 
     def forward(clips: torch.Tensor) -> torch.Tensor:
+        clips = clips.to(device, non_blocking=True)
+        if model.input_dependent and env.is_main and not first:
+            first.append(clips)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return model(clips.to(device, non_blocking=True))
+            scores = model(clips)
+        for key, value in model.token_stats().items():
+            token_stats.setdefault(key, []).append(value)
+        return scores
 
     progress = Progress(total=len(loader.sampler), initial=0, enabled=env.is_main and cfg.log.progress, desc="test")
     start = time.perf_counter()
@@ -132,6 +141,8 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkp
                     on_batch=progress.update)
     elapsed = time.perf_counter() - start
     progress.close()
+    if first:  # counted outside the timed loop: tracing is slow
+        gflops = count_flops(model, inputs=first[0])
     views_done = distributed.all_reduce(torch.tensor([float(local.views.sum())]))
     slowest = distributed.all_reduce(torch.tensor([elapsed]), op="max")
     merged = gather(local, len(names))
@@ -143,6 +154,7 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkp
         "mean_class_accuracy": result["mean_class_accuracy"], "gflops_per_view": gflops,
         "gflops_per_video": gflops * views, "clips_per_s": float(views_done.item() / max(slowest.item(), 1e-9)),
         "world_size": env.world_size, "test_file": cfg.data.test or cfg.data.val,
+        **{key: sum(values) / len(values) for key, values in token_stats.items()},  # this rank's batch means
     }
     if env.is_main:
         out = out_dir or os.path.join(cfg.output_dir, "test")

@@ -29,7 +29,8 @@ from ..data.samplers import ShardSampler, TrainSampler
 from ..data.transforms import BatchAugment, make_mixup
 from ..fileio import write_atomic
 from ..models.factory import save_video_st
-from ..models.sparsify import KeepRateWarmup, keep_count
+from ..models.dispatch import calibrate
+from ..models.sparsify import KeepRateWarmup, ToMeMerge, TopKFuse, keep_count
 from . import distributed
 from .backends import DDPBackend, DeepSpeedBackend, checkpoint_state_dict, deepspeed_config
 from .build import build_model, eval_dataset, output_path, read_split, train_dataset
@@ -60,17 +61,23 @@ class StopFlag:
             signal.signal(s, handler)
 
 
-def token_ratio(model: torch.nn.Module) -> float:
-    """Tokens the blocks process, relative to dense (what the keep-rate schedule buys)."""
+def token_ratio(model: torch.nn.Module) -> float | None:
+    """Tokens the blocks process, relative to dense (what the keep-rate schedule buys); None where that depends on
+    the input (DyT, AS-ViT: their measured rates are logged instead)."""
     blocks = list(getattr(model, "blocks", ()))
+    if getattr(model, "input_dependent", False):
+        return None
     if not blocks or not any(getattr(b, "reduces", False) for b in blocks):
         return 1.0
     dense = n = model.patch_embed.num_patches
     total = 0
     for block in blocks:
         total += n
-        if block.reduces:
-            n = keep_count(n, block.keep_rate) + 1  # kept tokens + the fused one
+        if isinstance(block.reducer, TopKFuse):
+            k = keep_count(n, block.reducer.keep_rate)
+            n = k + 1 if k < n else n  # kept tokens + the fused one, if any token was dropped
+        elif isinstance(block.reducer, ToMeMerge):
+            n -= min(n - keep_count(n, block.reducer.keep_rate), (n + 1) // 2)
     return total / (dense * len(blocks))
 
 
@@ -103,6 +110,8 @@ class Trainer:
                               f"{len(self.class_names)} classes")
         if cfg.engine.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        if self.model.input_dependent:  # before the backend broadcasts rank 0's weights; a resume overwrites it
+            self._calibrate(train_records)
 
         micro, world = cfg.data.batch_size, env.world_size
         global_batch = cfg.optim.global_batch or micro * world
@@ -144,11 +153,21 @@ class Trainer:
         self.ema = ({n: p.detach().float().clone() for n, p in self.model.named_parameters() if p.requires_grad}
                     if cfg.optim.ema_decay else None)
         self.grad_norm: float | None = None
+        self.aux_losses: dict[str, torch.Tensor] = {}
         self.checkpoints = CheckpointManager(cfg.checkpoint.dir or output_path(cfg, "checkpoints"),
                                              keep_last=cfg.checkpoint.keep_last, rank=env.rank)
         self.bad_files = BadFileLog()
         self.step = self.epoch = self.micro_done = 0  # micro_done: micro-batches of `epoch` already trained
         self.best = float("-inf")
+
+    def _calibrate(self, records: list) -> None:
+        """Start DyT's gates / AS-ViT's thresholds at their target rates on a few training clips."""
+        dataset = train_dataset(self.cfg, records)
+        clips = torch.stack([dataset[i]["video"] for i in range(min(len(dataset), self.cfg.data.batch_size, 8))])
+        self.model.to(self.device)  # where the backend puts it anyway; a ViT-B pass per layer is slow on a CPU
+        found = calibrate(self.model, BatchAugment(rand_augment=None)(clips.to(self.device)))
+        _log.info("calibrated to the target rates on %d clips: %s", len(clips),
+                  {k: [round(v, 4) for v in vals] for k, vals in found.items() if vals})
 
     def _backend(self, optimizer: torch.optim.Optimizer, micro: int, world: int):
         cfg = self.cfg
@@ -267,10 +286,16 @@ class Trainer:
         if self.mixup is not None:
             video, target = self.mixup(video, labels)  # soft labels, smoothing included
         logits = self.backend.forward(video).float()
-        if self.mixup is not None:
-            loss = torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        else:
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.optim.label_smoothing)
+
+        def criterion(scores: torch.Tensor) -> torch.Tensor:
+            if self.mixup is not None:
+                return torch.sum(-target * F.log_softmax(scores, dim=-1), dim=-1).mean()
+            return F.cross_entropy(scores, labels, label_smoothing=self.cfg.optim.label_smoothing)
+
+        loss = criterion(logits)
+        self.aux_losses = self.model.auxiliary_losses(logits, criterion)  # DyT's rate and distillation, AS-ViT's budget
+        if self.aux_losses:
+            loss = loss + sum(self.aux_losses.values())
         value = loss.item()  # the one device sync of a micro-step (logging needs the value anyway)
         if not math.isfinite(value):
             raise FloatingPointError(f"loss is {value} at step {self.step}")
@@ -304,7 +329,11 @@ class Trainer:
             values["loss_scale"] = self.backend.loss_scale()
         if self.model.keep_rates:
             values["keep_rate"] = min(self.model.keep_rates)
-            values["token_ratio"] = token_ratio(self.model)
+        ratio = token_ratio(self.model)
+        if ratio is not None and self.model.keep_rates:
+            values["token_ratio"] = ratio
+        values.update(self.model.token_stats())  # measured: DyT's activation rate, AS-ViT's kept fraction
+        values.update({f"loss_{k}": v.item() for k, v in self.aux_losses.items()})
         self.log.write("train", self.step, **values)
 
     def validate(self) -> dict[str, float]:

@@ -34,6 +34,58 @@ class ParallelAdapter(nn.Module):
         return self.scale * self.up(self.dropout(self.act(self.down(x))))
 
 
+class SequentialAdapter(ParallelAdapter):
+    """Houlsby-style bottleneck in series with a sub-layer: ``h + scale * up(relu(down(h)))`` on the FFN's
+    output, before the residual add (Houlsby et al. 2019 place one after each sub-layer; the ViT PEFT
+    comparisons - VPT, NOAH, Sparse-Tuning's Tables 1 and 2 - count one per block, after the FFN, as here)."""
+
+    def __init__(self, *, dim: int, bottleneck: int = 64, scale: float = 1.0, dropout: float = 0.0) -> None:
+        super().__init__(dim=dim, bottleneck=bottleneck, scale=scale, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+class MoEAdapter(nn.Module):
+    """Dynamic Tuning's mixture-of-experts adapter: ``experts`` bottleneck adapters mixed by a learned router.
+
+    The router weighs the experts per sample (from the mean of the sample's tokens) and the experts' WEIGHTS are
+    mixed, not their outputs: each sample then runs one merged adapter, so the experts cost parameters but no
+    per-token compute, in training and inference alike (:meth:`merged` returns that adapter). The published
+    DyT code has no MoE adapter; this follows the paper's description. The router starts at zero (uniform mix).
+    """
+
+    def __init__(self, *, dim: int, bottleneck: int = 64, experts: int = 4, scale: float = 0.1) -> None:
+        super().__init__()
+        if experts < 1:
+            raise ValueError(f"an MoE adapter needs at least one expert, got experts={experts}")
+        self.down_weight = nn.Parameter(torch.empty(experts, bottleneck, dim))
+        self.down_bias = nn.Parameter(torch.empty(experts, bottleneck))
+        self.up_weight = nn.Parameter(torch.empty(experts, dim, bottleneck))
+        self.up_bias = nn.Parameter(torch.empty(experts, dim))
+        self.router = nn.Linear(dim, experts)
+        self.act = nn.ReLU()
+        self.scale = scale
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for weight in self.down_weight:
+            nn.init.kaiming_uniform_(weight, a=5**0.5)
+        for p in (self.down_bias, self.up_weight, self.up_bias, self.router.weight, self.router.bias):
+            nn.init.zeros_(p)
+
+    def merged(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample adapter (down W (B, r, d), down b (B, r), up W (B, d, r), up b (B, d)) for tokens x."""
+        gate = self.router(x.mean(dim=1)).softmax(dim=-1)  # (B, E)
+        return (torch.einsum("be,erd->brd", gate, self.down_weight), gate @ self.down_bias,
+                torch.einsum("be,edr->bdr", gate, self.up_weight), gate @ self.up_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        down_w, down_b, up_w, up_b = self.merged(x)
+        h = self.act(torch.einsum("bnd,brd->bnr", x, down_w) + down_b[:, None])
+        return self.scale * (torch.einsum("bnr,bdr->bnd", h, up_w) + up_b[:, None])
+
+
 AdapterState = tuple[torch.Tensor, torch.Tensor]  # (bottleneck activations + ones channel, matching up-projection)
 
 
@@ -98,17 +150,26 @@ class DenseAdapter(nn.Module):
         return self.scale * self.up(h), (h_aug, self.augmented_up())
 
 
-# Which parameters each method trains, by parameter-name prefix; "adapter" covers every adapter module.
+# Which parameters each method trains, by parameter-name prefix; "adapter" covers every adapter module,
+# "dispatcher" DyT's token gates, "reducer" AS-ViT's thresholds (the other reducers have no parameters).
 # The temporal position embedding is trained by every adapter method: image checkpoints have none (it starts at
 # zero), so a frozen one would leave the model blind to frame order beyond one tubelet. It is 4 x 768 values.
+# EViT and ToMe train the head only: they are Table 3 (b) of the Sparse-Tuning paper, token reduction on a
+# frozen backbone without adapters (combine a reducer with adapters through `reducer=` and an adapter method).
 TRAINABLE_PREFIXES: dict[str, tuple[str, ...]] = {
     "full": ("",),
     "linear": ("head.",),
+    "adapter": ("head.", "adapter", "pos_embed_temporal"),
     "adaptformer": ("head.", "adapter", "pos_embed_temporal"),
     "dense_adapter": ("head.", "adapter", "pos_embed_temporal"),
     "sparse_tuning": ("head.", "adapter", "pos_embed_temporal"),
     "lora": ("head.", "lora", "pos_embed_temporal"),
+    "vpt": ("head.", "prompts", "pos_embed_temporal"),
     "bitfit": ("head.", "bias", "pos_embed_temporal"),
+    "dyt": ("head.", "adapter", "dispatcher", "pos_embed_temporal"),
+    "asvit": ("head.", "adapter", "reducer", "pos_embed_temporal"),
+    "evit": ("head.",),
+    "tome": ("head.",),
 }
 
 
@@ -117,11 +178,12 @@ def list_methods() -> list[str]:
 
 
 def _is_trainable(name: str, prefixes: Iterable[str]) -> bool:
-    # "adapter" matches the adapter module of any block ("blocks.3.adapter.up.weight"), "lora" the LoRA updates
+    # "adapter" matches the adapter module of any block ("blocks.3.adapter.up.weight"; likewise "dispatcher" and
+    # "reducer"), "lora" the LoRA updates
     # ("blocks.3.attn.lora_q.down.weight"), "bias" every bias (BitFit: linear layers and LayerNorms alike).
     def match(p: str) -> bool:
-        if p == "adapter":
-            return ".adapter." in f".{name}"
+        if p in ("adapter", "dispatcher", "reducer"):
+            return f".{p}." in f".{name}"
         if p == "lora":
             return ".lora_" in name
         if p == "bias":

@@ -31,17 +31,30 @@ register_variant(
     "vit_tiny_test", embed_dim=64, depth=4, num_heads=4, patch_size=8, img_size=32, num_frames=4, num_classes=10
 )
 
-# What each method puts into the backbone's slots. Sparse-Tuning's layers default to the paper's ViT-B choice
-# (4, 7, 10 of 12), scaled to other depths by the same relative positions.
+# What each method puts into the backbone's slots. Reducing methods prune at the paper's ViT-B layers (4, 7, 10
+# of 12) unless told otherwise, scaled to other depths by the same relative positions; the others ignore
+# sparse_layers. Bottlenecks and scales are the published defaults; trainable counts for ViT-B are checked
+# against the published figures in tests/test_peft.py.
 PAPER_SPARSE_LAYERS = (4, 7, 10)
+_ADAPTFORMER = {"adapter": "parallel", "adapter_bottleneck": 64, "adapter_scale": 0.1}
 METHODS: dict[str, dict[str, Any]] = {
-    "full": {},
-    "linear": {},
-    "adaptformer": {"adapter": "parallel", "adapter_bottleneck": 64, "adapter_scale": 0.1},
-    "dense_adapter": {"adapter": "dense", "adapter_bottleneck": 32, "adapter_scale": 1.0},
-    "sparse_tuning": {"adapter": "dense", "adapter_bottleneck": 32, "adapter_scale": 1.0, "keep_rate": 0.7},
-    "lora": {"lora_rank": 8},  # q and v, rank 8, scale 1 (alpha = rank)
-    "bitfit": {},
+    "full": {"reducer": None},
+    "linear": {"reducer": None},
+    "adapter": {"reducer": None, "adapter": "sequential", "adapter_bottleneck": 64, "adapter_scale": 1.0},
+    "adaptformer": {"reducer": None, **_ADAPTFORMER},
+    "dense_adapter": {"reducer": None, "adapter": "dense", "adapter_bottleneck": 32, "adapter_scale": 1.0},
+    "sparse_tuning": {"reducer": "topk", "adapter": "dense", "adapter_bottleneck": 32, "adapter_scale": 1.0,
+                      "keep_rate": 0.7},
+    "lora": {"reducer": None, "lora_rank": 8},  # q and v, rank 8, scale 1 (alpha = rank)
+    "vpt": {"reducer": None, "num_prompts": 8},  # deep prompts; 8 per layer is the Sparse-Tuning Table 2 count
+    "bitfit": {"reducer": None},
+    # DyT: AdaptFormer's adapters on every token, a dispatcher per layer in front of the MLP (adapter="moe" for
+    # the MoE adapter, 4 experts).
+    "dyt": {"reducer": None, **_ADAPTFORMER, "dispatch": True, "dispatch_target": 0.5},
+    # AS-ViT in the PEFT setting of this project: the same adapters as DyT, thresholds at the reducing layers.
+    "asvit": {"reducer": "threshold", **_ADAPTFORMER, "keep_rate": 0.7},
+    "evit": {"reducer": "topk", "keep_rate": 0.7},
+    "tome": {"reducer": "tome", "keep_rate": 0.7},
 }
 assert set(METHODS) == set(TRAINABLE_PREFIXES), "every method needs a trainable set in adapters.py"
 
@@ -86,7 +99,12 @@ def create_model(
         args.update(converted.arch)
     args.update(METHODS[method])
     args.update(kwargs)
-    if method == "sparse_tuning" and "sparse_layers" not in kwargs:
+    if args.get("reducer") is None:
+        if args.get("sparse_layers"):
+            _log.info("method %s reduces no tokens: sparse_layers=%s ignored (pass reducer= to add a reducer)",
+                      method, list(args["sparse_layers"]))
+        args["sparse_layers"] = ()
+    elif "sparse_layers" not in kwargs:
         args["sparse_layers"] = default_sparse_layers(args.get("depth", 12))
     if converted is not None and args.get("class_token", True) and not converted.arch.get("class_token", True):
         raise CheckpointError(
@@ -109,7 +127,8 @@ def _check_arch(arch: str, variant: dict[str, Any], found: dict[str, Any], kwarg
 
 
 # Parameters a checkpoint may lack: the new parts of a fine-tuning model.
-_NEW_PARAM_MARKERS = (".adapter.", ".lora_", "head.", "pos_embed_temporal", "fc_norm.")
+_NEW_PARAM_MARKERS = (".adapter.", ".lora_", ".dispatcher.", ".reducer.", "head.", "pos_embed_temporal", "fc_norm.",
+                      "prompts")
 
 
 def load_converted(

@@ -30,19 +30,24 @@ def _sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
     return b * nq * nk * (d + dv)
 
 
-def count_flops(model: nn.Module, input_shape: Sequence[int], by_module: bool = False) -> float | dict[str, float]:
-    """GFLOPs of one forward pass per sample of ``input_shape`` (B, C, T, H, W), in eval mode."""
+def count_flops(model: nn.Module, input_shape: Sequence[int] | None = None, by_module: bool = False, *,
+                inputs: torch.Tensor | None = None) -> float | dict[str, float]:
+    """GFLOPs of one forward pass per sample, in eval mode, on zeros of ``input_shape`` (B, C, T, H, W) or on
+    ``inputs``. Models whose computed tokens depend on the input (DyT, AS-ViT: ``model.input_dependent``) need
+    real ``inputs``: the count is then the mean over those samples of what their inference path computes."""
     from fvcore.nn import FlopCountAnalysis
 
+    if (input_shape is None) == (inputs is None):
+        raise ValueError("give exactly one of input_shape and inputs")
     was_training = model.training
     model.eval()
     try:
         param = next(model.parameters())
-        x = torch.zeros(*input_shape, device=param.device, dtype=param.dtype)
+        x = torch.zeros(*input_shape, device=param.device, dtype=param.dtype) if inputs is None else inputs.to(param)
         analysis = FlopCountAnalysis(model, x)
         analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-        batch = input_shape[0]
+        batch = x.shape[0]
         if by_module:
             return {name: flops / batch / 1e9 for name, flops in analysis.by_module().items()}
         return analysis.total() / batch / 1e9

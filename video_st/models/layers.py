@@ -7,6 +7,7 @@ Only torch and einops are imported here; nothing reads a config object. Names of
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -77,12 +78,20 @@ class LoRA(nn.Module):
         return (self.up.weight @ self.down.weight) * self.scale
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through fused SDPA, with optional importance scores for token reduction.
+class AttnInfo(NamedTuple):
+    """What a token reducer may ask the attention for, beside its output."""
 
-    The scores are the softmax attention of ONE query (the [CLS] query, or the mean of all queries when the model
-    has no [CLS]) against all keys, averaged over heads: an O(N) extra product, so the N x N map is never built
-    and the attention itself stays in the fused kernel.
+    rows: torch.Tensor | None  # (B, heads, N) softmax attention of the [CLS] (or mean) query over all keys
+    keys: torch.Tensor | None  # (B, N, head_dim) keys averaged over heads (ToMe's similarity metric)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through fused SDPA, with what token reducers need on request.
+
+    ``rows`` is the softmax attention of ONE query (the [CLS] query, or the mean of all queries when the model
+    has no [CLS]) against all keys, per head: an O(N) extra product, so the N x N map is never built and the
+    attention itself stays in the fused kernel. ``key_bias`` (B, N) is added to every query's logits for that
+    key: log-masks of pruned or padded tokens (-inf removes a key) and ToMe's log token sizes.
     """
 
     def __init__(
@@ -120,21 +129,32 @@ class Attention(nn.Module):
         self.qkv.weight[2 * dim :] += self.lora_v.delta_weight()
         self.lora_q = self.lora_v = None
 
-    def forward(self, x: torch.Tensor, score_query: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns ``(output, scores)``; ``scores`` is (B, N) when ``score_query`` is "cls" or "mean", else None."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        key_bias: torch.Tensor | None = None,
+        rows: str | None = None,
+        keys: bool = False,
+    ) -> tuple[torch.Tensor, AttnInfo]:
+        """Returns ``(output, info)``; ``info.rows`` is filled when ``rows`` is "cls" or "mean", ``info.keys``
+        when ``keys`` is true."""
         qkv = self.qkv(x)
         if self.lora_q is not None:
             dim = self.proj.in_features
             qkv = torch.cat([qkv[..., :dim] + self.lora_q(x), qkv[..., dim : 2 * dim], qkv[..., 2 * dim :] + self.lora_v(x)], -1)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        scores = None
-        if score_query is not None:
-            query = q[:, :, :1] if score_query == "cls" else q.mean(dim=2, keepdim=True)
-            row = torch.matmul(query * self.scale, k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, 1, N)
-            scores = row.mean(dim=1).squeeze(1)
+        bias = None if key_bias is None else key_bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, N) over queries
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)
+        row = None
+        if rows is not None:
+            query = q[:, :, :1] if rows == "cls" else q.mean(dim=2, keepdim=True)
+            logits = torch.matmul(query * self.scale, k.transpose(-2, -1))  # (B, H, 1, N)
+            if bias is not None:
+                logits = logits + bias
+            row = logits.softmax(dim=-1).squeeze(2)
         out = self.proj_drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))
-        return out, scores
+        return out, AttnInfo(rows=row, keys=k.mean(dim=1) if keys else None)
 
 
 class Mlp(nn.Module):

@@ -1,4 +1,5 @@
-"""Token Sparsification (Sparse-Tuning, Sec. 3.2) as pure functions, plus keep-rate schedules.
+"""Token reduction over the spatio-temporal token set: Sparse-Tuning's Token Sparsification (top-k + fuse, also the
+EViT baseline), ToMe's bipartite merging, packing of per-sample kept sets, and keep-rate schedules.
 
 A reduction step keeps the top ``k = ceil(rho * n)`` of the ``n`` non-prefix tokens by importance score and fuses
 all the others into ONE token, their score-weighted average, appended after the kept ones. The plan of a step
@@ -17,12 +18,49 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import AttnInfo
 
 FUSE_MODES = ("mean", "sum")
 FUSED_TOKEN_ID = -1  # id of a fused token in the kept-token index maps (it has no place in the original grid)
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """Everything that travels with the token set through the blocks, beside the residual stream itself.
+
+    Blocks never mutate it; a reduction returns a new one, so gradient checkpointing can recompute a block.
+    """
+
+    ids: torch.Tensor  # (B, n) original-grid id of every non-prefix token; -1: fused token or padding
+    history: tuple = ()  # Dense Adapter states of earlier layers (see adapters.DenseAdapter), oldest first
+    sizes: torch.Tensor | None = None  # (B, n) original tokens merged into each (ToMe)
+    key_bias: torch.Tensor | None = None  # (B, n) attention-logit bias per key: log-masks, -inf for padding
+    aux: tuple = ()  # (kind, (B,) tensor, target) records for the method's auxiliary loss
+    kept: tuple = ()  # ids after each reduction / dispatch stage, for visualisation and token counting
+    full_tokens: bool = False  # DyT's full-token pass (self-distillation teacher): dispatchers let all through
+
+    def attention_bias(self, num_prefix: int) -> torch.Tensor | None:
+        """(B, P + n) bias for the attention's keys (zero for the prefix), or None when there is none."""
+        bias = self.key_bias
+        if self.sizes is not None:  # ToMe's proportional attention: a token standing for s tokens counts s times
+            log_sizes = self.sizes.log()
+            bias = log_sizes if bias is None else bias + log_sizes
+        return None if bias is None else F.pad(bias, (num_prefix, 0))
+
+    def record(self, kind: str, value: torch.Tensor, target: float) -> "TokenState":
+        return replace(self, aux=(*self.aux, (kind, value, target)))
+
+    def with_history(self, history: tuple) -> "TokenState":
+        return replace(self, history=history)
+
+    def stage(self, ids: torch.Tensor) -> "TokenState":
+        return replace(self, kept=(*self.kept, ids))
 
 
 def keep_count(num_tokens: int, keep_rate: float) -> int:
@@ -60,6 +98,11 @@ class Reduction:
         if not self.fuses:
             return kept
         return torch.cat([kept, kept.new_full((kept.shape[0], 1), FUSED_TOKEN_ID)], dim=1)
+
+    def apply_state(self, state: TokenState) -> TokenState:
+        ids = self.apply_ids(state.ids)
+        history = tuple((self.apply(h_aug), up_aug) for h_aug, up_aug in state.history)
+        return replace(state, ids=ids, history=history).stage(ids)
 
 
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -110,3 +153,122 @@ class KeepRateWarmup:
             return self.target
         progress = max(0.0, epoch) / self.warmup_epochs
         return tuple(self.start + (t - self.start) * progress for t in self.target)
+
+
+class TopKFuse(nn.Module):
+    """Sparse-Tuning's Token Sparsification step (and EViT's): keep the top tokens by [CLS] attention, fuse the
+    rest into one token. Parameter-free; ``keep_rate`` is set by the model (and by keep-rate schedules)."""
+
+    def __init__(self, *, keep_rate: float = 0.7, fuse: str = "mean", num_prefix: int = 1) -> None:
+        super().__init__()
+        if fuse not in FUSE_MODES:
+            raise ValueError(f"fuse must be one of {FUSE_MODES}, got {fuse!r}")
+        self.keep_rate, self.fuse, self.num_prefix = keep_rate, fuse, num_prefix
+        self.rows = "cls" if num_prefix else "mean"
+        self.keys = False
+
+    def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
+        scores = info.rows.mean(dim=1)[:, self.num_prefix :]  # mean over heads, non-prefix keys
+        plan = plan_reduction(scores, keep_rate=self.keep_rate, num_prefix=self.num_prefix, fuse=self.fuse)
+        return plan.apply(x), plan.apply_state(state)
+
+    def extra_repr(self) -> str:
+        return f"keep_rate={self.keep_rate}, fuse={self.fuse}"
+
+
+@dataclass(frozen=True)
+class Merge:
+    """One ToMe step: every ``src`` token is merged into its ``dst`` token by a size-weighted average; the
+    remaining tokens keep their original order. A linear map whose weights sum to one per output token, so it
+    applies exactly to the Dense Adapters' bottleneck states too."""
+
+    num_prefix: int
+    keep_idx: torch.Tensor  # (B, n - r) tokens that remain, ascending
+    src_idx: torch.Tensor  # (B, r) tokens merged away
+    dst_idx: torch.Tensor  # (B, r) the token each src joins
+    sizes: torch.Tensor  # (B, n) sizes before the merge
+
+    def _merge(self, body: torch.Tensor) -> torch.Tensor:
+        src = _gather_tokens(body, self.src_idx)
+        index = self.dst_idx[..., None].expand(-1, -1, body.shape[-1])
+        merged = body.scatter_add(1, index, src)
+        return _gather_tokens(merged, self.keep_idx)
+
+    @property
+    def new_sizes(self) -> torch.Tensor:
+        grown = self.sizes.scatter_add(1, self.dst_idx, torch.gather(self.sizes, 1, self.src_idx))
+        return torch.gather(grown, 1, self.keep_idx)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        prefix, body = x[:, : self.num_prefix], x[:, self.num_prefix :]
+        weights = self.sizes.to(body.dtype)[..., None]
+        out = self._merge(body * weights) / self.new_sizes.to(body.dtype)[..., None]
+        return torch.cat([prefix, out], dim=1)
+
+    def apply_state(self, state: TokenState) -> TokenState:
+        ids = torch.gather(state.ids, 1, self.keep_idx)
+        history = tuple((self.apply(h_aug), up_aug) for h_aug, up_aug in state.history)
+        return replace(state, ids=ids, history=history, sizes=self.new_sizes).stage(ids)
+
+
+def plan_merge(metric: torch.Tensor, sizes: torch.Tensor, *, keep_rate: float, num_prefix: int) -> Merge:
+    """Bipartite soft matching (Bolya et al., ToMe): split the non-prefix tokens alternately into sets A and B,
+    join each A token to its most similar B token (cosine of the keys), and merge the ``r`` best-matched A tokens.
+
+    ``r = n - ceil(keep_rate * n)``, capped at ``|A|`` (a bipartite step can remove at most half the tokens), so
+    a ToMe stage keeps as many tokens as a top-k stage of the same rate keeps plus its fused token, or one less.
+    """
+    n = int(metric.shape[1])
+    r = min(n - keep_count(n, keep_rate), (n + 1) // 2)
+    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    a, b = metric[:, ::2], metric[:, 1::2]
+    if r == 0 or b.shape[1] == 0:
+        idx = torch.arange(n, device=metric.device).expand(metric.shape[0], -1)
+        empty = idx[:, :0]
+        return Merge(num_prefix=num_prefix, keep_idx=idx, src_idx=empty, dst_idx=empty, sizes=sizes)
+    best, match = (a @ b.transpose(-1, -2)).max(dim=-1)  # (B, |A|)
+    src_a = best.argsort(dim=-1, descending=True, stable=True)[:, :r]
+    src_idx = 2 * src_a
+    dst_idx = 2 * torch.gather(match, 1, src_a) + 1
+    keep = torch.ones_like(sizes).scatter(1, src_idx, 0.0)  # float: jit tracing (fvcore) rejects a bool scatter
+    keep_idx = keep.argsort(dim=1, descending=True, stable=True)[:, : n - r].sort(dim=1).values
+    return Merge(num_prefix=num_prefix, keep_idx=keep_idx, src_idx=src_idx, dst_idx=dst_idx, sizes=sizes)
+
+
+class ToMeMerge(nn.Module):
+    """ToMe as a reducer in the same slot as :class:`TopKFuse`: merge tokens by key similarity, track how many
+    tokens each one stands for, and weight attention by it (proportional attention)."""
+
+    def __init__(self, *, keep_rate: float = 0.7, num_prefix: int = 1) -> None:
+        super().__init__()
+        self.keep_rate, self.num_prefix = keep_rate, num_prefix
+        self.rows = None
+        self.keys = True
+
+    def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
+        sizes = state.sizes if state.sizes is not None else x.new_ones(state.ids.shape, dtype=torch.float32)
+        plan = plan_merge(info.keys[:, self.num_prefix :], sizes, keep_rate=self.keep_rate, num_prefix=self.num_prefix)
+        return plan.apply(x), plan.apply_state(state)
+
+    def extra_repr(self) -> str:
+        return f"keep_rate={self.keep_rate}"
+
+
+def pack_kept(x: torch.Tensor, state: TokenState, keep: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, TokenState]:
+    """Drop the tokens with ``keep`` False, each sample keeping its own number of tokens.
+
+    The batch stays one tensor: kept tokens move to the front in their original order and the batch is cut to the
+    longest kept set; the shorter samples' tail is padding, masked out of every later attention by a -inf key
+    bias (and given id -1). With batch 1, or equal counts, nothing is padded and only kept tokens are computed.
+    """
+    counts = keep.sum(dim=1)
+    width = max(1, int(counts.max()))
+    order = (~keep).int().argsort(dim=1, stable=True)[:, :width]  # kept first, original order
+    valid = torch.arange(width, device=x.device)[None, :] < counts[:, None]
+    body = _gather_tokens(x[:, num_prefix:], order)
+    ids = torch.where(valid, torch.gather(state.ids, 1, order), FUSED_TOKEN_ID)
+    bias = torch.zeros(valid.shape, dtype=torch.float32, device=x.device).masked_fill(~valid, float("-inf"))
+    history = tuple((torch.cat([h[:, :num_prefix], _gather_tokens(h[:, num_prefix:], order)], 1), up)
+                    for h, up in state.history)
+    new = replace(state, ids=ids, history=history, key_bias=bias if not bool(valid.all()) else None).stage(ids)
+    return torch.cat([x[:, :num_prefix], body], dim=1), new

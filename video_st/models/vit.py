@@ -1,35 +1,44 @@
-"""The spatio-temporal ViT: tube embedding, [CLS], position tables, pre-norm blocks with reducer and adapter slots.
+"""The spatio-temporal ViT: tube embedding, [CLS], position tables, pre-norm blocks with explicit method slots.
 
-One backbone for every method. A method only decides what goes into two explicit slots of each :class:`Block`:
-- the reducer slot (``reduces=True``): after the attention residual, keep the top tokens by [CLS] attention and
-  fuse the rest (:mod:`video_st.models.sparsify`); the MLP of that layer and every later layer see fewer tokens;
-- the adapter slot: nothing, a parallel adapter, or a Dense Adapter fed by the previous layers' adapters.
+One backbone for every method. A method only decides what goes into the slots of each :class:`Block`:
+- the reducer slot, after the attention residual: top-k + fuse (Sparse-Tuning, EViT), ToMe merging, or AS-ViT's
+  threshold pruning (:mod:`video_st.models.sparsify`, :mod:`video_st.models.dispatch`); the MLP of that layer
+  and every later layer see fewer tokens;
+- the dispatcher slot: DyT's token dispatcher, which lets tokens skip the MLP;
+- the adapter slot: nothing, a parallel adapter (AdaptFormer, DyT, AS-ViT), a sequential one (Houlsby), an MoE
+  adapter, or a Dense Adapter fed by the previous layers' adapters;
+- and, model-wide, deep prompts (VPT) and LoRA on the attention's query and value.
 
 Interface (timm's): ``forward_features``, ``forward_head(pre_logits=False)``, ``forward``, ``no_weight_decay``,
-``set_grad_checkpointing``; plus ``set_keep_rate`` for keep-rate schedules.
+``set_grad_checkpointing``; plus ``set_keep_rate`` for keep-rate schedules and ``auxiliary_losses`` for the
+methods that add a loss term (DyT's activation rate and self-distillation, AS-ViT's budget).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .adapters import AdapterState, DenseAdapter, ParallelAdapter
+from .adapters import DenseAdapter, MoEAdapter, ParallelAdapter, SequentialAdapter
+from .dispatch import ThresholdPruner, TokenDispatcher
 from .layers import Attention, DropPath, LayerScale, LoRA, Mlp, PatchEmbed3d, fixed_grid_table
-from .sparsify import FUSE_MODES, expand_keep_rates, plan_reduction
+from .sparsify import FUSE_MODES, TokenState, TopKFuse, ToMeMerge, expand_keep_rates
 
-History = tuple[AdapterState, ...]  # states of the most recent Dense Adapters, oldest first
+ADAPTERS = (None, "parallel", "dense", "sequential", "moe")
+REDUCERS = (None, "topk", "tome", "threshold")
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: attention -> [reducer] -> MLP beside [adapter].
+    """Pre-norm transformer block: attention -> [reducer] -> MLP [dispatched] beside/after [adapter].
 
     ``forward`` is a pure function of its inputs (no state is mutated), so gradient checkpointing may recompute
-    it: ``(x, history, token_ids) -> (x, history, token_ids)`` where ``history`` holds the states of the previous
-    Dense Adapters (see ``DenseAdapter``) and ``token_ids`` the original-grid id of every non-prefix token.
+    it: ``(x, state) -> (x, state)`` where ``state`` (:class:`TokenState`) carries the original-grid ids of the
+    tokens, the previous Dense Adapters' states, token sizes or key masks, and the auxiliary-loss records.
     """
 
     def __init__(
@@ -45,9 +54,8 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         adapter: nn.Module | None = None,
-        reduces: bool = False,
-        keep_rate: float = 1.0,
-        fuse: str = "mean",
+        reducer: nn.Module | None = None,
+        dispatcher: TokenDispatcher | None = None,
         num_prefix: int = 1,
         history_len: int = 0,
         lora_rank: int = 0,
@@ -58,43 +66,47 @@ class Block(nn.Module):
                               lora_rank=lora_rank)
         self.ls1 = LayerScale(dim=dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
+        self.reducer = reducer
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=proj_drop)
+        self.dispatcher = dispatcher
         self.ls2 = LayerScale(dim=dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
         self.adapter = adapter
-        self.reduces = reduces
-        self.keep_rate = keep_rate
-        self.fuse = fuse
         self.num_prefix = num_prefix
         self.history_len = history_len  # how many earlier Dense Adapter outputs later layers still need
 
-    def forward(
-        self, x: torch.Tensor, history: History, token_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, History, torch.Tensor]:
-        score_query = ("cls" if self.num_prefix else "mean") if self.reduces else None
-        attn_out, scores = self.attn(self.norm1(x), score_query=score_query)
+    @property
+    def reduces(self) -> bool:
+        return self.reducer is not None
+
+    def forward(self, x: torch.Tensor, state: TokenState) -> tuple[torch.Tensor, TokenState]:
+        reducer = self.reducer
+        attn_out, info = self.attn(self.norm1(x), key_bias=state.attention_bias(self.num_prefix),
+                                   rows=reducer.rows if reducer is not None else None,
+                                   keys=reducer is not None and reducer.keys)
         x = x + self.drop_path1(self.ls1(attn_out))
+        if reducer is not None:
+            x, state = reducer(x, state, info)
 
-        if self.reduces:
-            plan = plan_reduction(
-                scores[:, self.num_prefix :], keep_rate=self.keep_rate, num_prefix=self.num_prefix, fuse=self.fuse
-            )
-            x = plan.apply(x)
-            history = tuple((plan.apply(h_aug), up_aug) for h_aug, up_aug in history)
-            token_ids = plan.apply_ids(token_ids)
-
-        ffn = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        if isinstance(self.adapter, DenseAdapter):
-            previous = tuple(reversed(history))[: self.adapter.num_inputs - 1]
-            adapted, state = self.adapter(x, previous)
-            history = (*history, state)[-self.history_len :] if self.history_len else ()
-            x = x + ffn + adapted
-        elif self.adapter is not None:
-            x = x + ffn + self.adapter(x)
+        h = self.norm2(x)
+        if self.dispatcher is not None and not state.full_tokens:
+            mlp_out, state = self.dispatcher(x, h, self.mlp, state)
         else:
-            x = x + ffn
-        return x, history, token_ids
+            mlp_out = self.mlp(h)
+        if isinstance(self.adapter, SequentialAdapter):
+            mlp_out = self.adapter(mlp_out)
+        ffn = self.drop_path2(self.ls2(mlp_out))
+        if isinstance(self.adapter, DenseAdapter):
+            history = state.history
+            previous = tuple(reversed(history))[: self.adapter.num_inputs - 1]
+            adapted, adapter_state = self.adapter(x, previous)
+            history = (*history, adapter_state)[-self.history_len :] if self.history_len else ()
+            state = state.with_history(history)
+            return x + ffn + adapted, state
+        if self.adapter is not None and not isinstance(self.adapter, SequentialAdapter):
+            return x + ffn + self.adapter(x), state
+        return x + ffn, state
 
 
 class VideoViT(nn.Module):
@@ -141,10 +153,20 @@ class VideoViT(nn.Module):
         adapter_bottleneck: int = 32,
         adapter_scale: float = 1.0,
         dense_inputs: int = 3,
+        adapter_experts: int = 4,
         sparse_layers: Sequence[int] = (),
+        reducer: str | None = "topk",
         keep_rate: float | Sequence[float] = 0.7,
         fuse: str = "mean",
+        threshold_temperature: float = 0.1,
+        budget_weight: float = 2.0,
         lora_rank: int = 0,
+        num_prompts: int = 0,
+        dispatch: bool = False,
+        dispatch_target: float = 0.5,
+        dispatch_temperature: float = 5.0,
+        dispatch_weight: float = 2.0,
+        distill_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
@@ -153,20 +175,35 @@ class VideoViT(nn.Module):
             raise ValueError("global_pool='token' needs class_token=True")
         if pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
-        if adapter not in (None, "parallel", "dense"):
-            raise ValueError(f"adapter must be None, 'parallel' or 'dense', got {adapter!r}")
+        if adapter not in ADAPTERS:
+            raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
+        if reducer not in REDUCERS:
+            raise ValueError(f"reducer must be one of {REDUCERS}, got {reducer!r}")
         if fuse not in FUSE_MODES:
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {fuse!r}")
         sparse_layers = tuple(sorted(set(int(i) for i in sparse_layers)))
         if any(not 1 <= i <= depth for i in sparse_layers):
             raise ValueError(f"sparse_layers are 1-based layer numbers in 1..{depth}, got {sparse_layers}")
+        if sparse_layers and reducer is None:
+            raise ValueError(f"sparse_layers={sparse_layers} given but reducer=None")
+        if reducer == "threshold" and global_pool == "avg":
+            # Pruned samples keep different token counts; an average over a padded set would count the padding.
+            raise ValueError("reducer='threshold' (AS-ViT) needs a [CLS] head: global_pool='token'")
+        if not 0.0 < dispatch_target <= 1.0:
+            raise ValueError(f"dispatch_target must be in (0, 1], got {dispatch_target}")
+        if num_prompts < 0:
+            raise ValueError(f"num_prompts must be >= 0, got {num_prompts}")
 
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
         self.global_pool = global_pool
         self.num_prefix_tokens = 1 if class_token else 0
         self.sparse_layers = sparse_layers
+        self.num_prompts = num_prompts
+        self.budget_weight, self.dispatch_weight, self.distill_weight = budget_weight, dispatch_weight, distill_weight
         self.grad_checkpointing = False
+        self.last_aux: tuple = ()  # the auxiliary-loss records of the latest forward pass
+        self.last_teacher: torch.Tensor | None = None  # DyT's full-token logits of the latest training pass
 
         self.patch_embed = PatchEmbed3d(
             img_size=img_size,
@@ -186,19 +223,38 @@ class VideoViT(nn.Module):
             table = fixed_grid_table((t, h, w), embed_dim, tuple(pos_embed_grid or (t, h, w)))
             self.register_buffer("pos_embed_fixed", table, persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
+        # VPT-Deep: fresh prompts per layer after the [CLS] token; the blocks treat them as prefix tokens.
+        self.prompts = nn.Parameter(torch.zeros(depth, num_prompts, embed_dim)) if num_prompts else None
+        num_prefix = self.num_prefix_tokens + num_prompts
 
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         history_len = dense_inputs - 1 if adapter == "dense" else 0
+        stages = {layer: stage for stage, layer in enumerate(sparse_layers, start=1)}
         blocks = []
         for i in range(depth):
-            if adapter == "parallel":
-                block_adapter = ParallelAdapter(dim=embed_dim, bottleneck=adapter_bottleneck, scale=adapter_scale)
+            if adapter in ("parallel", "sequential"):
+                kind = ParallelAdapter if adapter == "parallel" else SequentialAdapter
+                block_adapter = kind(dim=embed_dim, bottleneck=adapter_bottleneck, scale=adapter_scale)
+            elif adapter == "moe":
+                block_adapter = MoEAdapter(dim=embed_dim, bottleneck=adapter_bottleneck, experts=adapter_experts,
+                                           scale=adapter_scale)
             elif adapter == "dense":
                 block_adapter = DenseAdapter(
                     dim=embed_dim, bottleneck=adapter_bottleneck, num_inputs=min(i, history_len) + 1, scale=adapter_scale
                 )
             else:
                 block_adapter = None
+            block_reducer: nn.Module | None = None
+            if (i + 1) in stages:
+                if reducer == "topk":
+                    block_reducer = TopKFuse(fuse=fuse, num_prefix=num_prefix)
+                elif reducer == "tome":
+                    block_reducer = ToMeMerge(num_prefix=num_prefix)
+                else:
+                    block_reducer = ThresholdPruner(num_prefix=num_prefix, num_tokens=self.patch_embed.num_patches,
+                                                    stage=stages[i + 1], temperature=threshold_temperature)
+            dispatcher = (TokenDispatcher(dim=embed_dim, num_prefix=num_prefix, temperature=dispatch_temperature,
+                                          target=dispatch_target) if dispatch else None)
             blocks.append(
                 Block(
                     dim=embed_dim,
@@ -211,9 +267,9 @@ class VideoViT(nn.Module):
                     attn_drop=attn_drop_rate,
                     drop_path=dpr[i],
                     adapter=block_adapter,
-                    reduces=(i + 1) in sparse_layers,
-                    fuse=fuse,
-                    num_prefix=self.num_prefix_tokens,
+                    reducer=block_reducer,
+                    dispatcher=dispatcher,
+                    num_prefix=num_prefix,
                     history_len=history_len,
                     lora_rank=lora_rank,
                 )
@@ -242,9 +298,13 @@ class VideoViT(nn.Module):
             nn.init.trunc_normal_(self.pos_embed_spatial, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.prompts is not None:
+            # VPT's Xavier-uniform range over the patch's fan-in and the width.
+            bound = math.sqrt(6.0 / (3 * math.prod(self.patch_embed.proj.kernel_size) + self.embed_dim))
+            nn.init.uniform_(self.prompts, -bound, bound)
         # Adapters last: their zero-initialised up-projections make a fresh model equal to its backbone.
         for module in self.modules():
-            if isinstance(module, (ParallelAdapter, DenseAdapter, LoRA)):
+            if isinstance(module, (ParallelAdapter, DenseAdapter, MoEAdapter, LoRA, TokenDispatcher)):
                 module.reset_parameters()
 
     @property
@@ -255,11 +315,33 @@ class VideoViT(nn.Module):
         """Set the keep rate of every sparsification stage (one float, or one per stage); a schedule calls this."""
         blocks = self.reducing_blocks
         for block, rate in zip(blocks, expand_keep_rates(keep_rate, len(blocks)), strict=True):
-            block.keep_rate = rate
+            block.reducer.keep_rate = rate
 
     @property
     def keep_rates(self) -> tuple[float, ...]:
-        return tuple(b.keep_rate for b in self.reducing_blocks)
+        return tuple(b.reducer.keep_rate for b in self.reducing_blocks)
+
+    @property
+    def input_dependent(self) -> bool:
+        """Whether the computed tokens (hence FLOPs and time) depend on the input: DyT and AS-ViT."""
+        return any(b.dispatcher is not None or isinstance(b.reducer, ThresholdPruner) for b in self.blocks)
+
+    def stage_names(self) -> list[str]:
+        """A label per entry of ``forward_features(..., return_token_ids=True)[1]``."""
+        names = []
+        for i, block in enumerate(self.blocks, start=1):
+            if block.reducer is not None:
+                names.append(f"layer {i}")
+            if block.dispatcher is not None:
+                names.append(f"layer {i} MLP")
+        return names
+
+    def set_dispatch_mode(self, mode: str | None) -> None:
+        """None: soft decisions in training, real skipping/pruning in eval; "mask": the hard decisions applied as
+        masks over all tokens (the reference the skipping paths are tested against)."""
+        for module in self.modules():
+            if isinstance(module, (TokenDispatcher, ThresholdPruner)):
+                module.mode = mode
 
     def merge_lora(self) -> None:
         """Fold every LoRA update into the frozen weights (for inference and export); a no-op without LoRA."""
@@ -268,7 +350,7 @@ class VideoViT(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "pos_embed_spatial", "pos_embed_temporal"}
+        return {"cls_token", "pos_embed_spatial", "pos_embed_temporal", "prompts"}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -291,28 +373,37 @@ class VideoViT(nn.Module):
             x = torch.cat([cls, x], dim=1)
         return self.pos_drop(x)
 
+    def _insert_prompts(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        # Layer 0 inserts its prompts after the [CLS] token; each later layer replaces the previous layer's.
+        c = self.num_prefix_tokens
+        prompts = self.prompts[layer].expand(x.shape[0], -1, -1).to(x.dtype)
+        rest = x[:, c:] if layer == 0 else x[:, c + self.num_prompts :]
+        return torch.cat([x[:, :c], prompts, rest], dim=1)
+
     def forward_features(
-        self, x: torch.Tensor, return_token_ids: bool = False
+        self, x: torch.Tensor, return_token_ids: bool = False, full_tokens: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, C, T, H, W) -> (B, N', D) final tokens.
 
-        With ``return_token_ids=True`` also returns, per sparsification stage, a (B, n_s) long tensor with the
-        original-grid id ``t * H' * W' + h * W' + w`` of every token that stage kept (-1 for a fused token).
+        With ``return_token_ids=True`` also returns, per stage (see :meth:`stage_names`), a (B, n_s) long tensor
+        with the original-grid id ``t * H' * W' + h * W' + w`` of every token that stage kept (-1: a fused token
+        or padding, or a token the dispatcher sent past the MLP). ``full_tokens=True`` runs DyT's full-token pass.
         """
         x = self._pos_embed(self.patch_embed(x))
         num_tokens = x.shape[1] - self.num_prefix_tokens
-        token_ids = torch.arange(num_tokens, device=x.device).expand(x.shape[0], -1)
-        history: History = ()
-        kept: list[torch.Tensor] = []
-        for block in self.blocks:
+        state = TokenState(ids=torch.arange(num_tokens, device=x.device).expand(x.shape[0], -1), full_tokens=full_tokens)
+        for layer, block in enumerate(self.blocks):
+            if self.prompts is not None:
+                x = self._insert_prompts(x, layer)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x, history, token_ids = checkpoint(block, x, history, token_ids, use_reentrant=False)
+                x, state = checkpoint(block, x, state, use_reentrant=False)
             else:
-                x, history, token_ids = block(x, history, token_ids)
-            if block.reduces:
-                kept.append(token_ids)
+                x, state = block(x, state)
+        if self.prompts is not None:
+            x = torch.cat([x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens + self.num_prompts :]], dim=1)
+        self.last_aux = state.aux
         x = self.norm(x)
-        return (x, kept) if return_token_ids else x
+        return (x, list(state.kept)) if return_token_ids else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
@@ -320,4 +411,49 @@ class VideoViT(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        logits = self.forward_head(self.forward_features(x))
+        self.last_teacher = None
+        if self.training and self.distill_weight > 0 and any(b.dispatcher is not None for b in self.blocks):
+            aux = self.last_aux
+            self.last_teacher = self.forward_head(self.forward_features(x, full_tokens=True))
+            self.last_aux = aux
+        return logits
+
+    def auxiliary_losses(
+        self, logits: torch.Tensor, criterion: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The method's loss terms for the latest forward pass (empty for methods without any).
+
+        - ``activation`` (DyT): ``dispatch_weight * (mean mask over layers and tokens - target)^2``;
+        - ``budget`` (AS-ViT): ``budget_weight * mean over stages of (kept fraction - keep_rate^stage)^2``;
+        - ``full_token`` and ``distill`` (DyT with ``distill_weight > 0``): the full-token pass trains on the task
+          loss (``criterion``) too, and the dynamic pass is pulled to its (detached) predictions by KL divergence.
+        """
+        losses: dict[str, torch.Tensor] = {}
+        rates = [(value, target) for kind, value, target in self.last_aux if kind == "activation"]
+        if rates:
+            mean_rate = torch.stack([value.float().mean() for value, _ in rates]).mean()
+            losses["activation"] = self.dispatch_weight * (mean_rate - rates[0][1]) ** 2
+        budgets = [(value.float().mean() - target) ** 2 for kind, value, target in self.last_aux if kind == "budget"]
+        if budgets:
+            losses["budget"] = self.budget_weight * torch.stack(budgets).mean()
+        if self.last_teacher is not None:
+            teacher = self.last_teacher.float()
+            if criterion is not None:
+                losses["full_token"] = criterion(teacher)
+            losses["distill"] = self.distill_weight * F.kl_div(
+                F.log_softmax(logits.float(), dim=-1), F.log_softmax(teacher.detach(), dim=-1), log_target=True,
+                reduction="batchmean")
+        return losses
+
+    def token_stats(self) -> dict[str, float]:
+        """Measured token use of the latest forward pass: DyT's MLP activation rate, AS-ViT's kept fraction at
+        the last stage."""
+        stats: dict[str, float] = {}
+        rates = [value.detach().float().mean() for kind, value, _ in self.last_aux if kind == "activation"]
+        if rates:
+            stats["activation_rate"] = torch.stack(rates).mean().item()
+        kept = [value.detach().float().mean() for kind, value, _ in self.last_aux if kind == "budget"]
+        if kept:
+            stats["kept_ratio"] = kept[-1].item()
+        return stats
