@@ -46,3 +46,16 @@ def test_every_shipped_config_loads():
     for path in sorted(TINY.parent.rglob("*.yaml")):
         cfg = load_config(path)
         assert OmegaConf.is_readonly(cfg), path
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from video_st.fileio import write_atomic
+
+    target = tmp_path / "report.json"
+    write_atomic(target, "{}")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o666 & ~mask  # not mkstemp's 0600

@@ -11,6 +11,16 @@ from collections.abc import Iterator
 from typing import IO
 
 
+def _read_umask() -> int:
+    # Reading the umask means setting it; done once at import, before any thread could create a file meanwhile.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """``with atomic_open(path) as f: ...`` writes ``path`` whole or not at all (mode "w" text, "wb" bytes)."""
@@ -23,6 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file what open() would have
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
