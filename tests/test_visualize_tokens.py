@@ -1,0 +1,178 @@
+"""tools/visualize_tokens.py: run in-process on a real H.264 file and a saved tiny Sparse-Tuning model; the drawn
+frames are the model's input, and exactly the tokens the model dropped are dimmed, per stage and frame."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from video_st import create_model
+from video_st.data.annotations import VideoRecord
+from video_st.data.datasets import ClipSpec, VideoClipDataset
+from video_st.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from video_st.models.factory import save_video_st
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny_cpu.yaml")
+SCALE = 2  # 32 px frames -> 64 px tiles; each source pixel is a 2 x 2 block
+FRAMES, TUBELET, SIZE, PATCH = 4, 2, 32, 8  # vit_tiny_test in configs/tiny_cpu.yaml: grid (2, 4, 4)
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("visualize_tokens", ROOT / "tools" / "visualize_tokens.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return _tool()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A model_final.pt-style file (what training exports) of a random tiny Sparse-Tuning model."""
+    torch.manual_seed(5)
+    model = create_model("vit_tiny_test", method="sparse_tuning", num_classes=4, sparse_layers=(2, 3), keep_rate=0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "model_final.pt"
+    save_video_st(model.state_dict(), path, create_args=model.create_args, classes=["a", "b", "c", "d"])
+    return path, model.eval()
+
+
+def _args(ckpt, video, out, *extra):
+    # model.keep_rate: the config builds the model (engine/testing.load_model), the checkpoint only fills weights.
+    return ["--config", TINY, "--checkpoint", str(ckpt), "--video", str(video), "--out", str(out),
+            "--scale", str(SCALE), f"output_dir={out.parent}", "data.num_workers=0", "model.keep_rate=0.5", *extra]
+
+
+def _model_view(video) -> tuple[torch.Tensor, np.ndarray]:
+    """The centre view (1 temporal x crop 1 of 3, tiny_cpu's test views) built here independently, and its
+    pixels as uint8 (T, H, W, 3)."""
+    dataset = VideoClipDataset([VideoRecord(str(video), -1, "a")], mode="test",
+                               clip=ClipSpec(sampling="dense", num_frames=FRAMES, stride=2, num_temporal_views=1,
+                                             num_spatial_views=3),
+                               transform=EvalTransform(size=SIZE, short_side=SIZE, num_crops=3), backend="decord")
+    clip = dataset[0]["views"][1]
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    pixels = ((clip * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    return clip, pixels
+
+
+def _tile(image: np.ndarray, tool, row: int, col: int, col_labels: bool) -> np.ndarray:
+    """Tile (row, col) of a render_grid image, back at source resolution (every SCALE-th pixel)."""
+    x, y = tool.tile_origin(row, col, SIZE * SCALE, SIZE * SCALE, col_labels)
+    return image[y:y + SIZE * SCALE:SCALE, x:x + SIZE * SCALE:SCALE]
+
+
+def _check_overlay(tool, drawn: np.ndarray, frame: np.ndarray, kept: set[int], step: int) -> tuple[int, int]:
+    """Every patch of ``drawn`` is the frame's pixels where the token is kept, the dimmed pixels where it was
+    dropped; returns (kept, dropped) patch counts."""
+    counts = [0, 0]
+    for h in range(SIZE // PATCH):
+        for w in range(SIZE // PATCH):
+            block = np.s_[h * PATCH:(h + 1) * PATCH, w * PATCH:(w + 1) * PATCH]
+            token = step * (SIZE // PATCH) ** 2 + h * (SIZE // PATCH) + w
+            if token in kept:
+                assert np.array_equal(drawn[block], frame[block]), f"kept token {token} altered"
+            else:
+                assert np.array_equal(drawn[block], tool.dim(frame[block])), f"dropped token {token} not dimmed"
+                assert not np.array_equal(drawn[block], frame[block])
+            counts[token not in kept] += 1
+    return counts[0], counts[1]
+
+
+def test_draws_exactly_the_tokens_each_stage_kept(tool, checkpoint, video_files, tmp_path, capsys):
+    ckpt, model = checkpoint
+    out = tmp_path / "vis"
+    assert tool.main(_args(ckpt, video_files["h264"], out)) == 0
+    stdout = capsys.readouterr().out
+
+    clip, frames = _model_view(video_files["h264"])
+    with torch.no_grad():
+        _, kept = model.forward_features(clip[None], return_token_ids=True)
+    kept_sets = [{int(i) for i in ids[0] if i >= 0} for ids in kept]
+    assert len(kept_sets) == 2 and 0 < len(kept_sets[1]) < len(kept_sets[0]) < 32
+
+    tile = SIZE * SCALE
+    gap, title = tool.GAP, tool.TITLE_H
+    overview = np.asarray(Image.open(out / "overview.png").convert("RGB"))
+    # rows: input + 2 stages under a band of frame labels; columns: the 4 frames
+    assert overview.shape == (gap + title + 3 * (title + tile + gap), gap + FRAMES * (tile + gap), 3)
+    for f in range(FRAMES):
+        assert np.array_equal(_tile(overview, tool, 0, f, True), frames[f])  # what the model saw
+    labels = tool.stage_labels(model, len(kept))  # the model's stage_names(), else "layer 2", "layer 3"
+    for s, (label, ids) in enumerate(zip(labels, kept_sets, strict=True)):
+        stage_png = np.asarray(Image.open(out / f"stage{s + 1}_{tool.slug(label)}.png").convert("RGB"))
+        # rows: tubelet steps; columns: the frames of the step
+        assert stage_png.shape == (gap + 2 * (title + tile + gap), gap + TUBELET * (tile + gap), 3)
+        for f in range(FRAMES):
+            step = f // TUBELET
+            counts = _check_overlay(tool, _tile(overview, tool, s + 1, f, True), frames[f], ids, step)
+            in_stage_png = _tile(stage_png, tool, step, f % TUBELET, False)
+            assert counts == _check_overlay(tool, in_stage_png, frames[f], ids, step)
+        per_frame = len(ids) / 2  # 2 tubelet steps of 2 frames each: the mean over frames
+        assert f"stage {s + 1} ({label}): kept {per_frame:.1f} of 16 grid tokens per frame" in stdout
+
+    gif = Image.open(out / "tokens.gif")
+    assert gif.n_frames == FRAMES and gif.info["loop"] == 0
+    assert gif.size == (gap + 3 * (tile + gap), gap + title + title + tile + gap)  # input + 2 stages side by side
+    assert f"wrote {out / 'tokens.gif'}" in stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "no_stages"])
+def test_bad_input_exits_2_naming_the_file(tool, checkpoint, video_files, tmp_path, capsys, case):
+    ckpt, _ = checkpoint
+    video, extra = video_files["h264"], []
+    if case == "no_stages":
+        torch.manual_seed(0)
+        dense = create_model("vit_tiny_test", method="dense_adapter", num_classes=4)
+        ckpt = tmp_path / "dense.pt"
+        save_video_st(dense.state_dict(), ckpt, create_args=dense.create_args)
+        extra = ["model.method=dense_adapter", "model.sparse_layers=[]"]
+    else:
+        video = video_files[case]
+    out = tmp_path / "vis"
+    assert tool.main(_args(ckpt, video, out, *extra)) == 2
+    err = capsys.readouterr().err
+    named = ckpt if case == "no_stages" else video
+    assert f"error: {named}" in err and "Traceback" not in err
+    assert {"missing": "no such file", "garbage": "cannot open", "no_stages": "no token-reduction stages"}[case] in err
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+class _Stub:
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
+
+
+def test_stage_labels_prefer_the_models_names():
+    tool = _tool()
+    assert tool.stage_labels(_Stub(sparse_layers=(4, 7, 10)), 3) == ["layer 4", "layer 7", "layer 10"]
+    assert tool.stage_labels(_Stub(stage_names=lambda: ["a", "b"], sparse_layers=(1,)), 2) == ["a", "b"]
+    assert tool.stage_labels(_Stub(sparse_layers=(4,)), 2) == ["stage 1", "stage 2"]  # no names to trust
+
+
+def test_any_number_of_stages_with_padding(tool, tmp_path):
+    """DyT-style output: one entry per layer, different lengths, -1 padding; every stage gets its row and file."""
+    geo = tool.Geometry(grid=(2, 4, 4), tubelet=2, patch=8, num_frames=4, img_size=32)
+    kept = [torch.tensor([0, 5, 17, -1, -1]), torch.arange(32), torch.tensor([-1]), torch.tensor([31, 16, 15]),
+            torch.tensor([3, -1, 20])]
+    masks = tool.kept_masks(kept, geo)
+    assert masks.shape == (5, 2, 4, 4) and masks[0].sum() == 3 and masks[1].all() and not masks[2].any()
+    assert masks[3][1, 3, 3] and masks[3][1, 0, 0] and masks[3][0, 3, 3] and masks[3].sum() == 3
+    assert tool.kept_per_frame(masks[0], geo).tolist() == [2, 2, 1, 1]
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    labels = [f"layer {i}" for i in range(1, 6)]
+    written = tool.draw_all(frames, masks, labels, geo, scale=1, fps=4, view=(0, 0), out=str(tmp_path))
+    assert len(written) == 7 and all(Path(p).exists() for p in written)
+    gap, title = tool.GAP, tool.TITLE_H
+    assert Image.open(tmp_path / "overview.png").size == (gap + 4 * (32 + gap), gap + title + 6 * (title + 32 + gap))
+    assert Image.open(tmp_path / "tokens.gif").size == (gap + 6 * (32 + gap), gap + title + title + 32 + gap)
+    with pytest.raises(tool.VisualizeError, match="token id 32"):
+        tool.kept_masks([torch.tensor([32])], geo)
