@@ -55,7 +55,7 @@ def test_trainable_sets():
         model = create_model("vit_tiny_test", method=method)
         assert _trainable(model) == expected, method
     asvit = create_model("vit_tiny_test", method="asvit", **REDUCE)
-    assert {n for n in _trainable(asvit) if ".reducer." in n} == {"blocks.1.reducer.threshold", "blocks.2.reducer.threshold"}
+    assert {n for n in _trainable(asvit) if ".reducer." in n} == {"blocks.1.reducer.log_threshold", "blocks.2.reducer.log_threshold"}
     dyt = create_model("vit_tiny_test", method="dyt")
     assert sum(".dispatcher." in n for n in _trainable(dyt)) == 2 * len(dyt.blocks)  # gate weight + bias per layer
 
@@ -80,7 +80,7 @@ def test_with_the_reduction_off_each_equals_its_backbone(method):
         model.set_keep_rate(1.0)
     elif method == "asvit":
         for block in model.reducing_blocks:
-            block.reducer.threshold.data.fill_(-1.0)  # every score is >= 0: nothing is pruned
+            block.reducer.log_threshold.data.fill_(-1e4)  # below every log score: nothing is pruned
     elif method == "dyt":
         for block in model.blocks:
             block.dispatcher.enabled = False
@@ -191,7 +191,7 @@ def test_asvit_soft_mask_trains_the_thresholds_toward_the_budget():
     losses = model.auxiliary_losses(logits)
     assert set(losses) == {"budget"}
     losses["budget"].backward()
-    grads = [b.reducer.threshold.grad for b in model.reducing_blocks]
+    grads = [b.reducer.log_threshold.grad for b in model.reducing_blocks]
     assert all(g is not None and g != 0 for g in grads)
 
 

@@ -88,14 +88,20 @@ class ThresholdPruner(nn.Module):
     makes the uniform row score 1 whatever tokens earlier stages removed, so a threshold means the same in the
     training path (dropped tokens masked) and the inference path (dropped tokens gone).
 
+    The threshold is learnt in log space (``log_threshold``; keep ``log s_j > log_threshold``) and the soft mask
+    of training is ``sigmoid((log s_j - log_threshold) / temperature)``: attention scores spread over orders of
+    magnitude, so a temperature on the linear score would be too sharp for the peaked tokens and too soft for the
+    many near-zero ones (whose soft mask would sit near 0.5 while the hard rule keeps them; seen in training).
+
     ``keep_rate`` is the budget: the fraction of the previous stage's tokens this stage should keep on average;
-    the model turns it into the budget loss target ``keep_rate ** stage`` of the original tokens.
+    the budget loss target is ``keep_rate ** stage`` of the original tokens.
     """
 
     def __init__(self, *, keep_rate: float = 0.7, num_prefix: int = 1, num_tokens: int, stage: int = 1,
                  temperature: float = 0.1, threshold: float = 0.5) -> None:
         super().__init__()
-        self.threshold = nn.Parameter(torch.full((1,), float(threshold)))  # 1-D: DeepSpeed cannot broadcast 0-D
+        # 1-D: DeepSpeed cannot broadcast a 0-D parameter.
+        self.log_threshold = nn.Parameter(torch.full((1,), math.log(threshold)))
         self.keep_rate, self.num_prefix, self.num_tokens, self.stage = keep_rate, num_prefix, num_tokens, stage
         self.temperature = temperature
         self.rows = "cls" if num_prefix else "mean"
@@ -106,21 +112,22 @@ class ThresholdPruner(nn.Module):
         pass  # the threshold keeps its constructor value (or what calibration sets)
 
     def scores(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B, H, P + n) class attention per head -> (B, n) token scores."""
+        """(B, H, P + n) class attention per head -> (B, n) log token scores."""
         body = rows[..., self.num_prefix :].float()
         weight = body.norm(dim=-1)
         weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return self.num_tokens * torch.einsum("bh,bhn->bn", weight, body)
+        scores = self.num_tokens * torch.einsum("bh,bhn->bn", weight, body)
+        return scores.clamp_min(1e-12).log()
 
     def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
         scores = self.scores(info.rows)
         prior = state.key_bias if state.key_bias is not None else scores.new_zeros(scores.shape)
         target = self.keep_rate**self.stage
         if self.training and self.mode is None:
-            log_mask = prior + F.logsigmoid((scores - self.threshold) / self.temperature)
+            log_mask = prior + F.logsigmoid((scores - self.log_threshold) / self.temperature)
             state = replace(state, key_bias=log_mask).record("budget", log_mask.exp().mean(dim=1), target)
             return x, state.stage(state.ids)
-        keep = (scores > self.threshold) & (prior > float("-inf"))
+        keep = (scores > self.log_threshold) & (prior > float("-inf"))
         if self.mode == "mask":
             bias = prior.masked_fill(~keep, float("-inf"))
             state = replace(state, key_bias=bias).record("budget", keep.float().mean(dim=1), target)
@@ -137,7 +144,7 @@ class ThresholdPruner(nn.Module):
 def calibrate(model: nn.Module, clips: torch.Tensor) -> dict[str, list[float]]:
     """Start every dispatcher and threshold at its target rate on ``clips``, layer by layer (later layers see
     the calibrated earlier ones): DyT's gate bias is shifted so that the target fraction of gate logits is
-    positive; AS-ViT's threshold is set to the score quantile that keeps ``keep_rate`` of the stage's tokens.
+    positive; AS-ViT's threshold is set to the (log) score quantile that keeps ``keep_rate`` of the stage's tokens.
 
     A data-dependent initialisation (like ActNorm's): with the thresholds' small learning rate, a cold start
     far from the budget would spend much of a short fine-tuning run just reaching it. Returns what was set.
@@ -170,8 +177,8 @@ def calibrate(model: nn.Module, clips: torch.Tensor) -> dict[str, list[float]]:
                 model(clips)
                 hook.remove()
                 value = float(torch.quantile(captured["s"], 1.0 - pruner.keep_rate))
-                pruner.threshold.fill_(value if math.isfinite(value) else 1.0)
-                found["threshold"].append(float(pruner.threshold))
+                pruner.log_threshold.fill_(value if math.isfinite(value) else 0.0)
+                found["threshold"].append(math.exp(float(pruner.log_threshold)))
     finally:
         model.train(was_training)
     return found
