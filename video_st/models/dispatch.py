@@ -108,9 +108,6 @@ class ThresholdPruner(nn.Module):
         self.keys = False
         self.mode: str | None = None
 
-    def reset_parameters(self) -> None:
-        pass  # the threshold keeps its constructor value (or what calibration sets)
-
     def scores(self, rows: torch.Tensor) -> torch.Tensor:
         """(B, H, P + n) class attention per head -> (B, n) log token scores."""
         body = rows[..., self.num_prefix :].float()
