@@ -70,20 +70,55 @@ def test_sbatch_k400_trains_checkpoints_and_tests(cluster, tiny_k400):
     assert json.loads((out / "test" / "summary.json").read_text())["excluded"] == 1
 
 
+def _records(path):
+    """The complete lines of a log.jsonl that a running job may still be appending to (none before it exists)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def _wait_for(found, waiter, deadline, what):
+    """Poll ``found()`` until it returns something truthy; fails at the deadline or when the job has ended."""
+    while not (value := found()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert waiter.poll() is None, f"the job ended before {what}: {waiter.communicate()}"
+        time.sleep(0.2)
+    return value
+
+
+def _write_config(path, **sections):
+    # JSON is YAML; `base:` is joined to this file's folder, and an absolute path stays itself.
+    path.write_text(json.dumps({"base": str(ROOT / "configs" / "tiny_cpu.yaml"), **sections}, indent=1))
+
+
 def test_two_rank_job_requeues_on_usr1_and_resumes(cluster, tiny_k400):
+    """Nothing here depends on how fast the job trains: the first run has an end it cannot reach (slurm/
+    _train_job.sh re-reads CONFIG at every start, so the test gives the requeued run a finite one), the USR1 waits
+    for a train record in log.jsonl (the ranks hold their stop handler by then, and the record stays), and the
+    finite end is written once the stopped record shows the first run is over, before the job may start again."""
     env, folder = cluster
     out = folder / "requeue"
+    config = folder / "requeue.yaml"
+    _write_config(config, optim={"epochs": 100_000})  # 16 videos / (2 ranks x 2): 400,000 steps, hours
+    log_file = out / "log.jsonl"
     waiter = _sbatch(env, folder, ROOT / "slurm" / "k400.sh", "--ntasks-per-node=2", "--gres=gpu:2", wait=False,
-                     extra_env=_train_env(tiny_k400, out, "optim.epochs=6", "data.batch_size=2",
-                                          "checkpoint.every_steps=2", "log.every_steps=1"))
+                     extra_env={**_train_env(tiny_k400, out, "data.batch_size=2", "checkpoint.every_steps=2",
+                                             "log.every_steps=1"), "CONFIG": str(config)})
+    job = None
     try:
         deadline = time.monotonic() + 300
-        while not (out / "checkpoints" / "step_00000002").exists():
-            assert time.monotonic() < deadline and waiter.poll() is None, "training never reached step 2"
-            time.sleep(0.2)
+        _wait_for(lambda: any(r["kind"] == "train" for r in _records(log_file)), waiter, deadline,
+                  "a train record in log.jsonl")
         job = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "k400"], env=env, capture_output=True, text=True,
                              timeout=30).stdout.split()[0]
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True, timeout=30)
+        stopped = _wait_for(lambda: next((r for r in _records(log_file) if r["kind"] == "stopped"), None), waiter,
+                            deadline, "the stopped record")
+        final = stopped["step"] + 6
+        # The first run's ranks read the config when they started and have stopped; the requeued run reads this.
+        _write_config(config, optim={"epochs": 100_000}, engine={"max_steps": final})
         # A requeued job waits ~2 minutes for its begin time; release it at once.
         while time.monotonic() < deadline and waiter.poll() is None:
             state = _squeue(env, job)
@@ -94,17 +129,17 @@ def test_two_rank_job_requeues_on_usr1_and_resumes(cluster, tiny_k400):
     finally:
         if waiter.poll() is None:
             waiter.kill()
+            if job is not None:  # a job left running would hold the cluster's CPUs for the next tests
+                subprocess.run(["scancel", job], env=env, capture_output=True, timeout=30)
     log = (folder / f"k400_{job}.out").read_text()
     assert "training stopped at a checkpoint: requeueing" in log and f"job {job} restart 1" in log
     assert "over 2 process(es)" in log
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    stopped = next(r for r in records if r["kind"] == "stopped")
+    records = _records(log_file)
     resumed = next(r for r in records if r["kind"] == "resume")
-    assert resumed["step"] == stopped["step"] and resumed["slurm_restart_count"] == 1
-    # 16 training videos over 2 ranks at 2 per rank: 4 steps an epoch, 6 epochs; the step count runs on
-    # across the requeue without a gap or a repeat.
+    assert stopped["step"] >= 1 and resumed["step"] == stopped["step"] and resumed["slurm_restart_count"] == 1
+    # The step count runs on across the requeue without a gap or a repeat, to the end set for the second run.
     steps = [r["step"] for r in records if r["kind"] == "train"]
-    assert steps == list(range(1, 25)) and next(r for r in records if r["kind"] == "done")["step"] == 24
+    assert steps == list(range(1, final + 1)) and next(r for r in records if r["kind"] == "done")["step"] == final
 
 
 def _covered(tiny_k400, output):
