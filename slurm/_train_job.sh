@@ -1,5 +1,7 @@
 # Body of slurm/k400.sh and slurm/ssv2.sh (sourced; they set DATASET and the defaults): train with one process
 # per GPU under srun, requeue on a stop signal, then run the multi-view test of the best checkpoint.
+# CONFIG: one or more YAML files separated by spaces (paths without spaces), merged left to right; default the
+# dataset file and the method file of METHOD: configs/datasets/$DATASET.yaml configs/methods/$METHOD.yaml.
 #
 # Preemption and time limits: Slurm sends USR1 to this batch shell (--signal=B:USR1@...); the trap forwards it to
 # the srun step, whose ranks save a checkpoint at the next step boundary and exit with 75; the job then requeues
@@ -17,7 +19,13 @@ if [[ -z "${PYTHON:-}" && -f .venv/bin/activate ]]; then
   source .venv/bin/activate
 fi
 PYTHON="${PYTHON:-python}"
-[[ -f "$CONFIG" ]] || die "CONFIG=$CONFIG does not exist"
+METHOD="${METHOD:-sparse_tuning}"
+CONFIG="${CONFIG:-configs/datasets/$DATASET.yaml configs/methods/$METHOD.yaml}"
+read -r -a configs <<< "$CONFIG"
+(( ${#configs[@]} )) || die "CONFIG is empty: give one or more YAML files"
+for config in "${configs[@]}"; do
+  [[ -f "$config" ]] || die "CONFIG=$CONFIG: $config does not exist"
+done
 
 JOB_ID="${SLURM_JOB_ID:?not a Slurm job: submit with sbatch}"
 OUTPUT_DIR="${OUTPUT_DIR:-outputs/${DATASET}_${JOB_ID}}"   # a requeued job keeps its id, hence its folder
@@ -53,7 +61,7 @@ forward_stop() {
 trap forward_stop USR1 TERM
 
 rm -f "$OUTPUT_DIR/stopped_for_requeue.json"  # only this run's stop may requeue it
-srun --kill-on-bad-exit=1 "$PYTHON" tools/train_net.py --config "$CONFIG" "${overrides[@]}" &
+srun --kill-on-bad-exit=1 "$PYTHON" tools/train_net.py --config "${configs[@]}" "${overrides[@]}" &
 step_pid=$!
 # `wait` returns early when a trapped signal arrives; keep waiting until the step itself has ended.
 rc=0
@@ -72,5 +80,5 @@ elif [[ $rc -ne 0 ]]; then
 fi
 trap - USR1 TERM
 echo "$(date -Is) training finished; multi-view test of the best checkpoint"
-srun --kill-on-bad-exit=1 "$PYTHON" tools/test_net.py --config "$CONFIG" "${overrides[@]}"
+srun --kill-on-bad-exit=1 "$PYTHON" tools/test_net.py --config "${configs[@]}" "${overrides[@]}"
 echo "$(date -Is) done: $OUTPUT_DIR/test/summary.json"

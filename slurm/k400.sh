@@ -2,13 +2,16 @@
 # Kinetics-400: train (DeepSpeed, one process per GPU) and test (1 temporal x 3 spatial views) in one job.
 #
 #   sbatch slurm/k400.sh                                            # Sparse-Tuning ViT-B/16, 8 GPUs on one node
-#   CONFIG=configs/k400/adaptformer_vit_b16.yaml DATA_ROOT=/data/k400 sbatch --nodes=2 slurm/k400.sh
+#   METHOD=adaptformer DATA_ROOT=/data/k400 sbatch --nodes=2 slurm/k400.sh
+#   CONFIG="configs/datasets/k400.yaml configs/methods/lora.yaml my_cluster.yaml" sbatch slurm/k400.sh
 #   EXTRA="optim.epochs=30 model.pretrained=/ckpt/vit_b16_in21k.pt" sbatch --time=48:00:00 slurm/k400.sh
 #
 # Every #SBATCH line is a default: a flag given to sbatch wins (--nodes, --gres=gpu:N with --ntasks-per-node=N,
 # --cpus-per-task, --time, --partition). Submit from the repository root (or set REPO).
 # Environment:
-#   CONFIG      default configs/k400/sparse_tuning_vit_b16.yaml
+#   METHOD      a file of configs/methods/ without .yaml (default sparse_tuning)
+#   CONFIG      YAML file(s), separated by spaces, merged left to right (default
+#               "configs/datasets/k400.yaml configs/methods/$METHOD.yaml")
 #   DATA_ROOT   dataset folder with annotations/{train,val}.csv (default: the config's data.root and files)
 #   OUTPUT_DIR  default outputs/k400_<job id> (checkpoints, logs, test results; a requeued job reuses it)
 #   EXTRA       key=value overrides of the config, separated by spaces
@@ -29,7 +32,6 @@
 #SBATCH --error=k400_%j.err
 
 DATASET=k400
-CONFIG="${CONFIG:-configs/k400/sparse_tuning_vit_b16.yaml}"
 DATA_OVERRIDES=("data.root=${DATA_ROOT:-}" "data.train=${DATA_ROOT:-}/annotations/train.csv"
                 "data.val=${DATA_ROOT:-}/annotations/val.csv")
 # shellcheck disable=SC1091

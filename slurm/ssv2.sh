@@ -2,9 +2,10 @@
 # Something-Something-v2: train (DeepSpeed, one process per GPU) and test (3 temporal x 1 spatial views).
 #
 #   sbatch slurm/ssv2.sh
-#   CONFIG=configs/ssv2/full_vit_b16.yaml DATA_ROOT=/data/ssv2 sbatch --nodes=4 slurm/ssv2.sh
+#   METHOD=full DATA_ROOT=/data/ssv2 sbatch --nodes=4 slurm/ssv2.sh
 #
-# Same flags and variables as slurm/k400.sh (see there). DATA_ROOT holds videos/ and the official
+# Same flags and variables as slurm/k400.sh (see there; CONFIG defaults to
+# "configs/datasets/ssv2.yaml configs/methods/$METHOD.yaml"). DATA_ROOT holds videos/ and the official
 # something-something-v2-{labels,train,validation}.json.
 #
 #SBATCH --job-name=ssv2
@@ -20,7 +21,6 @@
 #SBATCH --error=ssv2_%j.err
 
 DATASET=ssv2
-CONFIG="${CONFIG:-configs/ssv2/sparse_tuning_vit_b16.yaml}"
 DATA_OVERRIDES=("data.root=${DATA_ROOT:-}/videos" "data.labels=${DATA_ROOT:-}/something-something-v2-labels.json"
                 "data.train=${DATA_ROOT:-}/something-something-v2-train.json"
                 "data.val=${DATA_ROOT:-}/something-something-v2-validation.json")

@@ -89,8 +89,10 @@ def tiny_k400(tmp_path_factory):
 
 
 def tiny_overrides(summary, output_dir, *extra: str) -> list[str]:
-    """Overrides of configs/tiny_cpu.yaml that point it at ``summary`` (a generated set) and ``output_dir``."""
-    return [f"data.root={summary.root}", f"data.train={summary.annotation_files['train']}",
+    """Overrides of configs/tiny_cpu.yaml that point it at ``summary`` (a generated set) and ``output_dir``; the
+    tests train the frozen-backbone methods on a random backbone on purpose (``model.pretrained=none``) unless
+    they give one."""
+    return ["model.pretrained=none", f"data.root={summary.root}", f"data.train={summary.annotation_files['train']}",
             f"data.val={summary.annotation_files['val']}", f"output_dir={output_dir}", "data.num_workers=0",
             "log.progress=false", "log.tensorboard=false", "data.hflip=none", *extra]
 

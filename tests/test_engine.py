@@ -16,7 +16,6 @@ from video_st.engine.backends import DDPBackend, DeepSpeedBackend, deepspeed_con
 from video_st.engine.checkpoint import CheckpointManager, verify
 from video_st.engine.evaluate import Predictions, accuracy, ensemble_views, gather
 from video_st.engine.optim import CosineSchedule, make_adamw, param_groups
-from video_st.engine.train import token_ratio
 
 
 # -- launchers -----------------------------------------------------------------------------------------------
@@ -85,9 +84,9 @@ def test_param_groups_exclude_frozen_and_decay_norms():
 def test_token_ratio_follows_keep_rate():
     model = create_model("vit_tiny_test", method="sparse_tuning", num_classes=4, sparse_layers=[2, 3], keep_rate=0.5)
     # 32 tokens; layers 1-2 see 32, layer 3 sees 16 + 1 fused, layer 4 sees 9 + 1.
-    assert token_ratio(model) == pytest.approx((32 + 32 + 17 + 10) / (4 * 32))
+    assert model.token_ratio() == pytest.approx((32 + 32 + 17 + 10) / (4 * 32))
     model.set_keep_rate(1.0)
-    assert token_ratio(model) == 1.0  # keep 1.0 drops nothing, so nothing is fused
+    assert model.token_ratio() == 1.0  # keep 1.0 drops nothing, so nothing is fused
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------

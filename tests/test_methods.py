@@ -45,7 +45,7 @@ def _randomise_new_parts(model, std=0.05):
 def test_trainable_sets():
     sets = {
         "adapter": _names(create_model("vit_tiny_test", method="adapter"), ".adapter."),
-        "vpt": {"prompts"} | _names(create_model("vit_tiny_test", method="vpt")),
+        "vpt": {"prompts.weight"} | _names(create_model("vit_tiny_test", method="vpt")),
         "dyt": _names(create_model("vit_tiny_test", method="dyt"), ".adapter.", ".dispatcher."),
         "asvit": _names(create_model("vit_tiny_test", method="asvit"), ".adapter.", ".reducer."),
         "evit": {"head.weight", "head.bias"},
@@ -65,8 +65,8 @@ def test_gradients_reach_exactly_the_trainable_set(method):
     model = create_model("vit_tiny_test", method=method, **(REDUCE if method in ("asvit", "evit", "tome") else {}))
     _randomise_new_parts(model)
     model.train()
-    logits = model(tiny_clip())
-    loss = logits.square().sum() + sum(model.auxiliary_losses(logits).values())
+    logits, terms = model(tiny_clip(), return_terms=True)
+    loss = logits.square().sum() + sum(terms.losses.values())
     loss.backward()
     got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert got == _trainable(model)
@@ -81,10 +81,11 @@ def test_with_the_reduction_off_each_equals_its_backbone(method):
     elif method == "asvit":
         for block in model.reducing_blocks:
             block.reducer.log_threshold.data.fill_(-1e4)  # below every log score: nothing is pruned
-    elif method == "dyt":
-        for block in model.blocks:
-            block.dispatcher.enabled = False
-    torch.testing.assert_close(model(clip), full(clip), rtol=1e-5, atol=1e-5)  # fresh adapters add zero
+    if method == "dyt":  # the full-token pass: every token runs the MLP
+        logits = model.forward_head(model.forward_features(clip, full_tokens=True))
+    else:
+        logits = model(clip)
+    torch.testing.assert_close(logits, full(clip), rtol=1e-5, atol=1e-5)  # fresh adapters add zero
 
 
 def test_vpt_prompts_change_attention_but_not_the_output_tokens():
@@ -94,10 +95,10 @@ def test_vpt_prompts_change_attention_but_not_the_output_tokens():
     assert feats.shape == full.forward_features(clip).shape  # prompts leave with the last layer
     assert not torch.allclose(vpt(clip), full(clip), atol=1e-4)
     with torch.no_grad():
-        vpt.prompts.zero_()
-        vpt.prompts[1, 0, 0] = 50.0  # layer 2's prompt replaces layer 1's: only it reaches layers 2 and later
+        vpt.prompts.weight.zero_()
+        vpt.prompts.weight[1, 0, 0] = 50.0  # layer 2's prompt replaces layer 1's: only it reaches layers 2 and later
         first = vpt(clip)
-        vpt.prompts[0].normal_()  # layer 1's prompts only act in layer 1
+        vpt.prompts.weight[0].normal_()  # layer 1's prompts only act in layer 1
         assert not torch.allclose(vpt(clip), first)
 
 
@@ -187,8 +188,8 @@ def test_asvit_inference_prunes_each_sample_on_its_own_batched():
 
 def test_asvit_soft_mask_trains_the_thresholds_toward_the_budget():
     model = create_model("vit_tiny_test", method="asvit", **REDUCE).train()
-    logits = model(tiny_clip())
-    losses = model.auxiliary_losses(logits)
+    _, terms = model(tiny_clip(), return_terms=True)
+    losses = terms.losses
     assert set(losses) == {"budget"}
     losses["budget"].backward()
     grads = [b.reducer.log_threshold.grad for b in model.reducing_blocks]
@@ -198,13 +199,12 @@ def test_asvit_soft_mask_trains_the_thresholds_toward_the_budget():
 def test_dyt_self_distillation_adds_the_full_token_pass():
     model = create_model("vit_tiny_test", method="dyt", distill_weight=1.0).train()
     labels = torch.tensor([0, 1])
-    logits = model(tiny_clip())
-    losses = model.auxiliary_losses(logits, lambda s: torch.nn.functional.cross_entropy(s, labels))
+    logits, terms = model(tiny_clip(), return_terms=True)
+    losses = terms.with_task(lambda s: torch.nn.functional.cross_entropy(s, labels))
     assert set(losses) == {"activation", "full_token", "distill"}
-    assert losses["distill"] >= 0 and model.last_teacher.shape == logits.shape
+    assert losses["distill"] >= 0 and terms.teacher.shape == logits.shape
     model.eval()
-    model(tiny_clip())
-    assert model.last_teacher is None  # inference runs the dynamic pass only
+    assert model(tiny_clip(), return_terms=True)[1].teacher is None  # inference runs the dynamic pass only
 
 
 def test_moe_adapter_mixes_expert_weights_per_sample():
@@ -220,7 +220,7 @@ def test_moe_adapter_mixes_expert_weights_per_sample():
         up = sum(gate[b, e] * adapter.up_weight[e] for e in range(3))
         up_b = sum(gate[b, e] * adapter.up_bias[e] for e in range(3))
         expected = 0.5 * (torch.relu(x[b] @ down.T + down_b) @ up.T + up_b)
-        torch.testing.assert_close(adapter(x)[b], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(adapter.delta(x)[b], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_vit_b_trainable_counts_match_the_published_figures():
@@ -243,11 +243,11 @@ def test_vit_b_trainable_counts_match_the_published_figures():
 
 def test_every_method_starts_from_a_saved_backbone(tmp_path):
     from video_st import list_methods
-    from video_st.models.factory import save_video_st
+    from video_st.models.spec import save_model_file
 
     backbone = create_model("vit_tiny_test", method="full", num_classes=0)
     path = tmp_path / "backbone.pt"
-    save_video_st(backbone.state_dict(), path, create_args=backbone.create_args)
+    save_model_file(path, backbone.state_dict(), spec=backbone.spec, content="backbone")
     for method in list_methods():  # the new parts (prompts, gates, thresholds, adapters) start from their init
         model = create_model("vit_tiny_test", method=method, pretrained=path, num_classes=4)
         torch.testing.assert_close(model.blocks[0].attn.qkv.weight, backbone.blocks[0].attn.qkv.weight)

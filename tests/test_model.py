@@ -108,7 +108,7 @@ def test_dense_adapter_inputs_by_position():
     vit_b = create_model("vit_base_patch16", method="sparse_tuning")
     adapter_params = sum(p.numel() for n, p in vit_b.named_parameters() if ".adapter." in f".{n}")
     assert abs(adapter_params / 1e6 - 1.10) < 0.03  # the paper: 1.10 M for ViT-B, bottleneck 32
-    assert [i + 1 for i, b in enumerate(vit_b.blocks) if b.reduces] == [4, 7, 10]
+    assert [i + 1 for i, b in enumerate(vit_b.blocks) if b.reducer.reduces] == [4, 7, 10]
 
 
 def test_gradient_checkpointing_gives_same_output_and_grads():
@@ -190,9 +190,9 @@ def _literal_dense_adapter_forward(model, x):
     prefix = model.num_prefix_tokens
     outputs = []  # A_j, oldest first
     for block in model.blocks:
-        attn_out, info = block.attn(block.norm1(h), rows="cls" if block.reduces else None)
+        attn_out, info = block.attn(block.norm1(h), rows="cls" if block.reducer.reduces else None)
         h = h + attn_out
-        if block.reduces:
+        if block.reducer.reduces:
             scores = info.rows.mean(dim=1)
             plan = plan_reduction(scores[:, prefix:], keep_rate=block.reducer.keep_rate, num_prefix=prefix,
                                   fuse=block.reducer.fuse)

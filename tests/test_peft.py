@@ -20,8 +20,8 @@ def test_methods_are_listed():
 def test_trainable_sets():
     lora = create_model("vit_tiny_test", method="lora")
     assert _trainable(lora) == {n for n, _ in lora.named_parameters()
-                                if ".lora_" in n or n.startswith("head.") or n == "pos_embed_temporal"}
-    assert all(".attn.lora_q." in n or ".attn.lora_v." in n for n in _trainable(lora) if "lora" in n)
+                                if ".lora." in n or n.startswith("head.") or n == "pos_embed_temporal"}
+    assert all(".attn.lora.q." in n or ".attn.lora.v." in n for n in _trainable(lora) if "lora" in n)
     bitfit = create_model("vit_tiny_test", method="bitfit")
     assert _trainable(bitfit) == {n for n, _ in bitfit.named_parameters()
                                   if n.endswith(".bias") or n.startswith("head.") or n == "pos_embed_temporal"}
@@ -49,12 +49,12 @@ def test_fresh_lora_equals_the_backbone_and_merges_exactly():
     assert torch.allclose(lora(clip), full(clip), atol=1e-6)  # zero-initialised up-projections
     with torch.no_grad():
         for name, p in lora.named_parameters():
-            if ".lora_" in name:
+            if ".lora." in name:
                 p.normal_(std=0.05)
     before = lora(clip)
     assert not torch.allclose(before, full(clip), atol=1e-3)
     lora.merge_lora()
-    assert not any(".lora_" in n for n, _ in lora.named_parameters())
+    assert not any(".lora." in n for n, _ in lora.named_parameters())
     assert torch.allclose(lora(clip), before, atol=1e-5)
 
 

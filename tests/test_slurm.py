@@ -47,7 +47,8 @@ def _sbatch(env, cwd, script, *flags, extra_env=None, timeout=600, wait=True):
 
 def _train_env(summary, out, *extra):
     return {"CONFIG": "configs/tiny_cpu.yaml", "DATA_ROOT": summary.root, "OUTPUT_DIR": str(out),
-            "EXTRA": " ".join(["log.progress=false", "data.num_workers=0", "data.hflip=none", *extra])}
+            "EXTRA": " ".join(["model.pretrained=none", "log.progress=false", "data.num_workers=0", "data.hflip=none",
+                               *extra])}
 
 
 def _squeue(env, job):

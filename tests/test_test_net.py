@@ -12,7 +12,7 @@ import torch
 from video_st import create_model
 from video_st.engine.evaluate import Predictions, accuracy
 from video_st.engine.report import metrics
-from video_st.models.factory import save_video_st
+from video_st.models.spec import save_model_file
 
 from .conftest import python_launcher, tiny_overrides
 
@@ -35,8 +35,8 @@ def consolidated(tmp_path_factory):
     torch.manual_seed(3)
     model = create_model("vit_tiny_test", method="sparse_tuning", num_classes=4, sparse_layers=[2, 3], keep_rate=0.7)
     path = tmp_path_factory.mktemp("ckpt") / "model_final.pt"
-    save_video_st(model.state_dict(), path, create_args=model.create_args,
-                  classes=["moving down", "moving left", "moving right", "moving up"])
+    classes = ["moving down", "moving left", "moving right", "moving up"]
+    save_model_file(path, model.state_dict(), spec=model.spec.with_classes(classes))
     return path, model
 
 
@@ -75,7 +75,7 @@ def test_every_checkpoint_kind_gives_the_same_predictions(tiny_k400, consolidate
     file over the backbone: identical scores."""
     backbone = tmp_path / "backbone.pt"
     _, model = consolidated
-    save_video_st(model.state_dict(), backbone, create_args=model.create_args)
+    save_model_file(backbone, model.state_dict(), spec=model.spec, content="backbone")
     run = tmp_path / "run"
     train = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", TINY,
              *tiny_overrides(tiny_k400, run, "engine.max_steps=2", "engine.precision=fp32",
@@ -135,7 +135,7 @@ def test_a_hugging_face_videomae_folder_is_tested_directly(tiny_k400, tmp_path):
     hf = VideoMAEForVideoClassification(config).eval()
     hf.save_pretrained(tmp_path / "hf")
     summary, probs, _ = _test_net(tiny_k400, tmp_path / "out", f"--checkpoint={tmp_path / 'hf'}", "model.method=full",
-                                  "model.sparse_layers=[]", "model.class_token=false", "model.global_pool=avg",
+                                  "model.class_token=false", "model.global_pool=avg",
                                   "test.spatial_views=1")
     assert summary["checkpoint_kind"] == "converted checkpoint" and summary["videos"] == 7
     # The first test video through Hugging Face's own model gives the same probabilities.

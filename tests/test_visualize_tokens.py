@@ -14,7 +14,7 @@ from video_st import create_model
 from video_st.data.annotations import VideoRecord
 from video_st.data.datasets import ClipSpec, VideoClipDataset
 from video_st.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
-from video_st.models.factory import save_video_st
+from video_st.models.spec import save_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_cpu.yaml")
@@ -41,14 +41,14 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(5)
     model = create_model("vit_tiny_test", method="sparse_tuning", num_classes=4, sparse_layers=(2, 3), keep_rate=0.5)
     path = tmp_path_factory.mktemp("ckpt") / "model_final.pt"
-    save_video_st(model.state_dict(), path, create_args=model.create_args, classes=["a", "b", "c", "d"])
+    save_model_file(path, model.state_dict(), spec=model.spec.with_classes(["a", "b", "c", "d"]))
     return path, model.eval()
 
 
 def _args(ckpt, video, out, *extra):
-    # model.keep_rate: the config builds the model (engine/testing.load_model), the checkpoint only fills weights.
+    # The file's spec rebuilds the model (keep rate 0.5); the config only has to agree with it.
     return ["--config", TINY, "--checkpoint", str(ckpt), "--video", str(video), "--out", str(out),
-            "--scale", str(SCALE), f"output_dir={out.parent}", "data.num_workers=0", "model.keep_rate=0.5", *extra]
+            "--scale", str(SCALE), f"output_dir={out.parent}", "data.num_workers=0", *extra]
 
 
 def _model_view(video) -> tuple[torch.Tensor, np.ndarray]:
@@ -133,8 +133,8 @@ def test_bad_input_exits_2_naming_the_file(tool, checkpoint, video_files, tmp_pa
         torch.manual_seed(0)
         dense = create_model("vit_tiny_test", method="dense_adapter", num_classes=4)
         ckpt = tmp_path / "dense.pt"
-        save_video_st(dense.state_dict(), ckpt, create_args=dense.create_args)
-        extra = ["model.method=dense_adapter", "model.sparse_layers=[]"]
+        save_model_file(ckpt, dense.state_dict(), spec=dense.spec)
+        extra = ["model.method=dense_adapter"]
     else:
         video = video_files[case]
     out = tmp_path / "vis"
@@ -151,11 +151,13 @@ class _Stub:
         self.__dict__.update(attrs)
 
 
-def test_stage_labels_prefer_the_models_names():
+def test_stage_labels_are_the_models_names():
     tool = _tool()
-    assert tool.stage_labels(_Stub(sparse_layers=(4, 7, 10)), 3) == ["layer 4", "layer 7", "layer 10"]
-    assert tool.stage_labels(_Stub(stage_names=lambda: ["a", "b"], sparse_layers=(1,)), 2) == ["a", "b"]
-    assert tool.stage_labels(_Stub(sparse_layers=(4,)), 2) == ["stage 1", "stage 2"]  # no names to trust
+    assert tool.stage_labels(create_model("vit_base_patch16", method="evit"), 3) == ["layer 4", "layer 7", "layer 10"]
+    dyt = create_model("vit_tiny_test", method="dyt")
+    assert tool.stage_labels(dyt, 4) == [f"layer {i} MLP" for i in range(1, 5)]
+    with pytest.raises(tool.VisualizeError, match="names 3 stages"):
+        tool.stage_labels(_Stub(stage_names=lambda: ["a", "b", "c"]), 2)
 
 
 def test_any_number_of_stages_with_padding(tool, tmp_path):

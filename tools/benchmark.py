@@ -300,12 +300,13 @@ def trained_model_gflops(cfg: Any, checkpoint: str | None, flop_clips: int, seed
     config's test geometry: on one seeded random clip, or for an input-dependent model the mean over the first
     ``flop_clips`` readable test clips (the central crop of one view), where count_flops takes real inputs."""
     from video_st.engine.build import eval_dataset, read_split
-    from video_st.engine.testing import class_names_for, load_model, resolve_checkpoint
+    from video_st.engine.testing import checkpoint_path, class_names_for, load_for_test
     from video_st.models.flops import count_params
     from video_st.profiling import gflops_of, inference_model, is_input_dependent, seeded_clip
 
-    path = resolve_checkpoint(cfg, checkpoint)
-    model, meta = load_model(cfg, path)
+    path = checkpoint_path(cfg, checkpoint)
+    loaded, _ = load_for_test(cfg, path)
+    model = loaded.model
     params = count_params(model)
     dynamic = is_input_dependent(model)
     keep_rates = list(getattr(model, "keep_rates", ()))
@@ -315,7 +316,7 @@ def trained_model_gflops(cfg: Any, checkpoint: str | None, flop_clips: int, seed
     out: dict[str, Any] = {"trainable_m": params["trainable"] / 1e6, "params_m": params["total"] / 1e6,
                            "input_dependent": dynamic, "keep_rates": keep_rates, "lora_merged_for_inference": merged}
     if dynamic and flop_clips > 0:
-        records, _ = read_split(cfg, "test", class_names_for(cfg, meta))
+        records, _ = read_split(cfg, "test", class_names_for(cfg, loaded))
         dataset = eval_dataset(cfg, records)
         values = []
         for index in range(len(dataset)):

@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except (video_st.CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    arch = meta["arch"]
-    print(f"{args.src} ({meta['source']}) -> {args.dst}: {meta['arch_name']}, {arch.get('num_frames')} frames at "
-          f"{arch.get('img_size')}, tubelet {arch.get('tubelet_size')}, class_token={arch.get('class_token', True)}")
+    spec = meta["spec"]
+    arch = spec["backbone"]
+    print(f"{args.src} ({meta['source']}) -> {args.dst}: {spec['arch']}, {arch['num_frames']} frames at "
+          f"{arch['img_size']}, tubelet {arch['tubelet_size']}, class_token={arch['class_token']}")
     return 0
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Submit training, testing or preprocessing to Slurm from Python (submitit), with the same config files.
 
-    python tools/submit.py train --config configs/k400/sparse_tuning_vit_b16.yaml --nodes 2 --gpus-per-node 8 \\
-        --partition gpu --time 1440 data.root=/data/k400 output_dir=runs/st_k400
+    python tools/submit.py train --config configs/datasets/k400.yaml configs/methods/sparse_tuning.yaml \\
+        --nodes 2 --gpus-per-node 8 --partition gpu --time 1440 data.root=/data/k400 output_dir=runs/st_k400
     python tools/submit.py test --config ... --checkpoint runs/st_k400/checkpoints output_dir=runs/st_k400
     python tools/submit.py preprocess scan --input /data/k400/train.csv --root /data/k400 --output /data/scan \\
         --num-shards 64 --partition cpu
@@ -30,7 +30,7 @@ REQUEUE_EXIT = 75
 class TrainJob:
     """What every task of a submitted training job runs (submitit starts one per GPU under srun)."""
 
-    def __call__(self, config: str | None, overrides: list[str]) -> int:
+    def __call__(self, config: list[str] | None, overrides: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from video_st.config import load_config
         from video_st.engine.train import train
@@ -43,7 +43,7 @@ class TrainJob:
 
 
 class TestJob:
-    def __call__(self, config: str | None, overrides: list[str], checkpoint: str | None) -> dict:
+    def __call__(self, config: list[str] | None, overrides: list[str], checkpoint: str | None) -> dict:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from video_st.config import load_config
         from video_st.engine.testing import run_test
@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--submitit-local" if "--local" in rest else "--slurm"
         return preprocess_main([a for a in rest if a != "--local"] + [flag])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from video_st.config import add_config_arguments, parse_config_args
+
     parser.add_argument("what", choices=["train", "test"])
-    parser.add_argument("--config", help="YAML config (video_st/config.py)")
+    add_config_arguments(parser, "key=value config overrides")
     parser.add_argument("--checkpoint", help="test: what to test (default: the run's best checkpoint)")
     parser.add_argument("--local", action="store_true", help="submitit's local executor instead of Slurm")
     parser.add_argument("--nodes", type=int, default=1)
@@ -89,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time", type=int, default=24 * 60, help="minutes")
     parser.add_argument("--folder", help="submitit logs and pickles (default OUTPUT_DIR/submitit/%%j)")
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_config_args(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from video_st.config import ConfigError, load_config
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    config = os.path.abspath(args.config) if args.config else None
+    config = [os.path.abspath(c) for c in args.config] if args.config else None
     executor = _executor(args, os.path.abspath(cfg.output_dir), f"video_st_{args.what}")
     if args.what == "train":
         job = executor.submit(TrainJob(), config, list(args.overrides))

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Multi-view test of a trained model: top-1, top-5, mean class accuracy, per-video predictions, confusion.
 
-    python tools/test_net.py --config configs/k400/sparse_tuning_vit_b16.yaml --checkpoint runs/st/checkpoints \\
-        data.test=/data/k400/annotations/test.csv test.temporal_views=1 test.spatial_views=3
+    python tools/test_net.py --config configs/datasets/k400.yaml configs/methods/sparse_tuning.yaml \\
+        --checkpoint runs/st/checkpoints data.test=/data/k400/annotations/test.csv test.temporal_views=1
+
+--config takes one or more YAML files, merged left to right (the ones the run was trained with), then the
+key=value overrides.
 
 --checkpoint takes a run's checkpoint folder (its best.json, else latest), one DeepSpeed/DDP checkpoint folder,
 model_final.pt, an adapter-only file (trainable_final.pt, with model.pretrained=the backbone), or a VideoMAE /
@@ -23,25 +26,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML delta over the typed defaults (video_st/config.py)")
+    from video_st.config import add_config_arguments, load_config, parse_config_args
+
+    add_config_arguments(parser, "key=value overrides, e.g. test.temporal_views=5 test.ensemble=logit")
     parser.add_argument("--checkpoint", help="what to test (default: the best checkpoint of output_dir)")
     parser.add_argument("--output", help="folder for the results (default: OUTPUT_DIR/test)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. test.temporal_views=5 test.ensemble=logit")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
+    args = parse_config_args(parser, argv)  # options, config files and key=value overrides in any order
 
-    from video_st.config import ConfigError, load_config
     from video_st.engine.logs import setup_logging
     from video_st.engine.report import format_summary
     from video_st.engine.testing import run_test
-    from video_st.models.convert import CheckpointError
+    from video_st.errors import VideoSTError
 
     rank = setup_logging()
 
     try:
         cfg = load_config(args.config, args.overrides)
         summary = run_test(cfg, args.checkpoint, args.output)
-    except (ConfigError, CheckpointError) as err:
+    except VideoSTError as err:  # ConfigError, CheckpointError, AnnotationError ...
         print(f"error: {err}", file=sys.stderr)
         return 2
     if rank == "0":

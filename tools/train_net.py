@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Fine-tune a model of the project on a dataset of the project.
 
-    python tools/train_net.py --config configs/k400/sparse_tuning_vit_b16.yaml data.root=/data/k400 \\
-        data.train=/data/k400/annotations/train.csv data.val=/data/k400/annotations/val.csv output_dir=runs/st
+    python tools/train_net.py --config configs/datasets/k400.yaml configs/methods/sparse_tuning.yaml \\
+        data.root=/data/k400 data.train=/data/k400/annotations/train.csv data.val=/data/k400/annotations/val.csv \\
+        model.pretrained=/ckpt/vit_b16_in21k.pt output_dir=runs/st
 
-Any key of the config can be overridden as key=value (unknown keys are errors naming the closest valid key).
+--config takes one or more YAML files, merged left to right (a dataset file, then a method file: configs/README.md).
+Any key of the config can be overridden as key=value, after or among the files (unknown keys are errors naming
+the closest valid key; a later override wins).
 Launch with nothing (one process), torchrun, the deepspeed launcher, or srun: the engine reads each one's
 environment. Exit code 0: finished; 75: stopped by SIGUSR1/SIGTERM after saving a checkpoint (requeue it; the
 next start resumes from that checkpoint with checkpoint.resume=auto, the default).
@@ -21,22 +24,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML delta over the typed defaults (video_st/config.py)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 engine.kind=ddp")
-    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
-    args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
+    from video_st.config import add_config_arguments, load_config, parse_config_args
 
-    from video_st.config import ConfigError, load_config
+    add_config_arguments(parser, "key=value overrides, e.g. optim.lr=5e-4 engine.kind=ddp")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = parse_config_args(parser, argv)  # options, config files and key=value overrides in any order
+
     from video_st.engine.logs import setup_logging
     from video_st.engine.train import train
+    from video_st.errors import VideoSTError
 
     setup_logging()
 
     try:
         cfg = load_config(args.config, args.overrides)
         return train(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+    except VideoSTError as err:  # ConfigError, CheckpointError, AnnotationError ...
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
 

@@ -4,8 +4,8 @@ for video).
 
     python tools/visualize_tokens.py --config configs/tiny_cpu.yaml --video outputs/demo/k400/val/VIDEO.mp4 \\
         --out outputs/demo/sparse_tuning/tokens model.pretrained=outputs/demo/backbone.pt
-    python tools/visualize_tokens.py --config configs/k400/sparse_tuning_vit_b16.yaml output_dir=runs/st_k400 \\
-        --checkpoint runs/st_k400/model_final.pt --video clip.mp4 --out vis/clip --view 0,2 --scale 2
+    python tools/visualize_tokens.py --config configs/datasets/k400.yaml configs/methods/sparse_tuning.yaml \\
+        output_dir=runs/st_k400 --checkpoint runs/st_k400/model_final.pt --video clip.mp4 --out vis/clip --view 0,2 --scale 2
 
 The clip goes through the project's own test path (decode, temporal view, short-side resize, spatial crop,
 normalisation: video_st/engine/build.py eval_dataset), so the drawn frames are exactly what the model saw. --view
@@ -39,13 +39,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import video_st  # noqa: E402,F401  (applies compat fixes before torchvision imports)
-from video_st.config import ConfigError, load_config  # noqa: E402
+from video_st.config import ConfigError, add_config_arguments, load_config, parse_config_args  # noqa: E402
 from video_st.data.annotations import VideoRecord  # noqa: E402
 from video_st.data.datasets import MissingVideosError  # noqa: E402
 from video_st.data.decode import VideoReadError  # noqa: E402
 from video_st.engine.build import eval_dataset  # noqa: E402
 from video_st.fileio import atomic_open  # noqa: E402
-from video_st.models.convert import CheckpointError  # noqa: E402
+from video_st.errors import CheckpointError  # noqa: E402
 
 _log = logging.getLogger("visualize_tokens")
 
@@ -119,13 +119,12 @@ def denormalize(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 def load(cfg, checkpoint: str | None):
     """The model exactly as tools/test_net.py loads it (LoRA merged), in eval mode on the CPU: one clip does not
     need a GPU, and fp32 keeps the token ranking identical to the reference run."""
-    from video_st.engine.testing import load_model, resolve_checkpoint
+    from video_st.engine.testing import checkpoint_path, load_for_test
 
-    path = resolve_checkpoint(cfg, checkpoint)
-    model, meta = load_model(cfg, path)
-    if hasattr(model, "merge_lora"):
-        model.merge_lora()
-    return model.eval(), path, meta
+    path = checkpoint_path(cfg, checkpoint)
+    loaded, _ = load_for_test(cfg, path)
+    loaded.model.merge_lora()
+    return loaded.model.eval(), path, loaded
 
 
 def geometry(model) -> Geometry:
@@ -140,23 +139,17 @@ def kept_token_ids(model, clip: torch.Tensor, checkpoint: str) -> list[torch.Ten
     with torch.no_grad():
         _, kept = model.forward_features(clip[None], return_token_ids=True)
     if not kept:
-        method = getattr(model, "create_args", {}).get("method", type(model).__name__)
-        raise VisualizeError(f"{checkpoint}: the model (method {method}) has no token-reduction stages; "
+        raise VisualizeError(f"{checkpoint}: the model (method {model.spec.method}) has no token-reduction stages; "
                              "nothing to draw (use a checkpoint of sparse_tuning, evit, tome, asvit or dyt)")
     return [ids[0] for ids in kept]
 
 
 def stage_labels(model, count: int) -> list[str]:
-    """The model's own stage names if it has them, else the 1-based layer numbers of ``sparse_layers``."""
-    names = getattr(model, "stage_names", None)
-    labels = list(names() if callable(names) else names or [])
-    if not labels:
-        layers = list(getattr(model, "sparse_layers", ()) or ())
-        labels = [f"layer {i}" for i in layers]
+    """The model's own stage names (one per entry of its kept-token ids)."""
+    labels = model.stage_names()
     if len(labels) != count:
-        _log.warning("%d stage labels for %d stages; numbering the stages instead", len(labels), count)
-        labels = [f"stage {k}" for k in range(1, count + 1)]
-    return [str(label) for label in labels]
+        raise VisualizeError(f"the model names {len(labels)} stages but returned {count} kept-token sets")
+    return labels
 
 
 def kept_masks(kept: Sequence[torch.Tensor], geo: Geometry) -> np.ndarray:
@@ -290,7 +283,7 @@ def run(args: argparse.Namespace) -> list[str]:
     masks = kept_masks(kept, geo)
     scale = args.scale or max(1, math.ceil(MIN_TILE / geo.img_size))
     written = draw_all(frames, masks, labels, geo, scale=scale, fps=args.fps, view=view, out=args.out)
-    print(f"{args.video}, view {view[0]},{view[1]}; checkpoint {path} ({meta.get('kind', '?')})")
+    print(f"{args.video}, view {view[0]},{view[1]}; checkpoint {path} ({meta.kind})")
     for file in written:
         print(f"wrote {file}")
     for line in summary_lines(masks, labels, geo):
@@ -300,7 +293,7 @@ def run(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML delta over the typed defaults (video_st/config.py)")
+    add_config_arguments(parser, "key=value config overrides, e.g. model.pretrained=backbone.pt")
     parser.add_argument("--checkpoint", help="what to load (default: the best checkpoint of output_dir)")
     parser.add_argument("--video", required=True, help="the video file to draw")
     parser.add_argument("--out", required=True, help="folder for overview.png, stageK_*.png, tokens.gif")
@@ -308,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=0,
                         help=f"enlarge frames this many times (default: to at least {MIN_TILE} px)")
     parser.add_argument("--fps", type=float, default=4.0, help="frames per second of tokens.gif")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model.pretrained=backbone.pt")
-    args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
+    args = parse_config_args(parser, argv)  # options, config files and key=value overrides in any order
     if args.scale < 0 or args.fps <= 0:
         parser.error("--scale must be >= 0 and --fps > 0")
 

@@ -1,28 +1,39 @@
-"""Run configuration: typed defaults (dataclasses) + a YAML delta + CLI ``key=value`` overrides, merged once.
+"""Run configuration: typed defaults (dataclasses) + YAML deltas + CLI ``key=value`` overrides, merged once.
 
-``load_config("configs/k400/sparse_tuning_vit_b16.yaml", ["optim.lr=5e-4", "data.root=/data/k400"])`` returns a
-validated OmegaConf object. Every key of the YAML file and of the overrides is checked against the schema before
-merging, so a typo is an error naming the key, where it came from, and the closest valid key. The ``model``
-section holds the keyword arguments of :func:`video_st.create_model`; it is checked against the signatures of
-``create_model`` and ``VideoViT`` rather than repeated here. The resolved config is saved beside the checkpoints.
+``load_config(["configs/datasets/k400.yaml", "configs/methods/lora.yaml"], ["optim.lr=5e-4", "data.root=/data/k400"])``
+returns a validated, read-only OmegaConf object: the defaults, then each file (after its own ``base:`` files) left
+to right, then the overrides. A file's ``base:`` is one path or a list of paths, relative to the file, merged in
+order before it. Every key of every file and of the overrides is checked against the schema before merging, so a
+typo is an error naming the key, where it came from, and the closest valid key. The ``model`` section holds the
+keyword arguments of :func:`video_st.create_model`; it is checked against :func:`model_keys` (create_model's own
+arguments, the backbone's and the method table's options) rather than repeated here.
+
+Clip geometry is stated once, in ``data.num_frames`` and ``data.size``; the model is built at that geometry. A
+``model.num_frames`` / ``model.img_size`` anywhere (a file or the command line) must equal it (anything else is a
+ConfigError naming both keys) and is dropped from the resolved config. The resolved config is saved beside the
+checkpoints.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
-import inspect
 import os
+import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import VideoSTError
 from .fileio import write_atomic
 
 
-class ConfigError(ValueError):
+class ConfigError(VideoSTError, ValueError):
     pass
 
 
@@ -102,6 +113,9 @@ class TestConfig:
     ensemble: str = "prob"  # prob (mean softmax) | logit (mean logits) | max (max softmax)
     batch_size: int = 4  # videos per batch (each contributes temporal x spatial views)
     checkpoint: str = ""  # empty: the run's best checkpoint
+    # Test a reducing model at other keep rates than it was trained with (one float, or one per stage), on
+    # purpose: printed and recorded in summary.json. None: the trained keep rates (model.keep_rate must agree).
+    keep_rate: Any = None
 
 
 @dataclass
@@ -138,13 +152,16 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
-def model_keys() -> set[str]:
-    """Valid keys of the ``model`` section: create_model's own arguments and VideoViT's."""
-    from .models.factory import create_model
-    from .models.vit import VideoViT
+# model.<key> that repeats data.<key>: the clip geometry, stated in the data section only.
+GEOMETRY = {"model.num_frames": "data.num_frames", "model.img_size": "data.size"}
 
-    keys = set(inspect.signature(create_model).parameters) | set(inspect.signature(VideoViT.__init__).parameters)
-    return keys - {"self", "kwargs"}
+
+def model_keys() -> set[str]:
+    """Valid keys of the ``model`` section: create_model's own, the backbone's and every method's options (the
+    method table then refuses an option its method does not take)."""
+    from .models.factory import model_keys as keys
+
+    return keys()
 
 
 def _schema_paths(node: Any, prefix: str = "") -> set[str]:
@@ -170,6 +187,8 @@ def _delta_paths(node: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
 
 def _check_keys(paths: Iterable[str], valid: set[str], origin: str) -> None:
     for path in paths:
+        if path in GEOMETRY:  # accepted here, checked against the data section after merging (_check_geometry)
+            continue
         if path.startswith("model."):
             name, candidates = path[len("model."):], model_keys()
             if "." in name or name not in candidates:
@@ -194,43 +213,100 @@ def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"command-line overrides: {err}") from err
 
 
-def _read_yaml(path: str, valid: set[str], chain: tuple[str, ...]) -> list[DictConfig]:
-    """The file's layers: its ``base:`` file(s) first (a path relative to the file), then the file itself."""
+Layer = tuple[str, DictConfig]  # (where it came from, its keys)
+
+def _read_yaml(path: str, valid: set[str], chain: tuple[str, ...]) -> list[Layer]:
+    """The file's layers: its ``base:`` file(s) first, in order (paths relative to the file), then the file."""
     if path in chain:
         raise ConfigError(f"config base cycle: {' -> '.join(chain + (path,))}")
     try:
         delta = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read config {path}: {_yaml_error(err)}") from err
     except (OSError, OmegaConfBaseException, ValueError) as err:
         raise ConfigError(f"cannot read config {path}: {err}") from err
     if not isinstance(delta, DictConfig):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    layers: list[DictConfig] = []
+    layers: list[Layer] = []
     if "base" in delta:
-        base = os.path.join(os.path.dirname(path), str(delta.pop("base")))
-        layers += _read_yaml(base, valid, chain + (path,))
+        for base in _base_paths(delta.pop("base"), path):
+            layers += _read_yaml(base, valid, chain + (path,))
     _check_keys(_delta_paths(OmegaConf.to_container(delta)), valid, path)
-    return layers + [delta]
+    return layers + [(path, delta)]
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Typed defaults <- YAML file (after its ``base:`` chain) <- ``key=value`` overrides, validated; returns a
-    read-only config."""
+def _base_paths(value: Any, path: str) -> list[str]:
+    items = list(value) if isinstance(value, ListConfig) else [value]
+    if not items or any(not isinstance(item, str) or not item for item in items):
+        raise ConfigError(f"{path}: base must be a path or a list of paths (relative to the file), got {value!r}")
+    return [os.path.join(os.path.dirname(path), item) for item in items]
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    if not isinstance(err, yaml.MarkedYAMLError) or mark is None:
+        return f"invalid YAML: {err}"
+    context = f" ({err.context})" if err.context else ""
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {err.problem}{context}"
+
+
+def _config_paths(path: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
+    if path is None:
+        return []
+    if isinstance(path, (str, os.PathLike)):
+        return [os.fspath(path)]
+    return [os.fspath(p) for p in path]
+
+
+def load_config(
+    path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """Typed defaults <- YAML file(s), left to right, each after its ``base:`` files <- ``key=value`` overrides,
+    validated; returns a read-only config. ``path`` is one file or a list (e.g. a dataset file and a method
+    file)."""
     schema = OmegaConf.structured(Config)
     valid = _schema_paths(schema)
-    layers = [schema]
-    if path is not None:
-        layers += _read_yaml(os.fspath(path), valid, chain=())
+    layers: list[Layer] = [("the defaults", schema)]
+    for file in _config_paths(path):
+        layers += _read_yaml(file, valid, chain=())
     cli = _parse_overrides(overrides)
     _check_keys(_delta_paths(OmegaConf.to_container(cli)), valid, "command-line overrides")
-    layers.append(cli)
+    layers.append(("command-line overrides", cli))
     try:
-        cfg = OmegaConf.merge(*layers)
+        cfg = OmegaConf.merge(*(layer for _, layer in layers))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         raise ConfigError(f"invalid value for {key!r}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from err
+    _check_geometry(cfg, layers)
     _check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+_UNSET = object()
+
+
+def _origin(layers: list[Layer], key: str) -> str:
+    """The last layer that sets ``key``."""
+    for origin, layer in reversed(layers):
+        if OmegaConf.select(layer, key, default=_UNSET) is not _UNSET:
+            return origin
+    return "the defaults"
+
+
+def _check_geometry(cfg: DictConfig, layers: list[Layer]) -> None:
+    """model.num_frames / model.img_size may only repeat data.num_frames / data.size; then they are dropped."""
+    for model_key, data_key in GEOMETRY.items():
+        name = model_key[len("model."):]
+        if name not in cfg.model:
+            continue
+        stated, wanted = cfg.model[name], OmegaConf.select(cfg, data_key)
+        if stated is not None and stated != wanted:
+            raise ConfigError(
+                f"{model_key}={stated!r} ({_origin(layers, model_key)}) but {data_key}={wanted!r} "
+                f"({_origin(layers, data_key)}): clip geometry is stated once, in {data_key}; drop {model_key}"
+            )
+        cfg.model.pop(name)
 
 
 def _check_values(cfg: DictConfig) -> None:
@@ -248,6 +324,41 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"data.scale must be [min, max] within (0, 1], got {list(cfg.data.scale)}")
     if cfg.data.rand_augment is not None and len(cfg.data.rand_augment) != 2:
         raise ConfigError(f"data.rand_augment must be [num_ops, magnitude] or null, got {list(cfg.data.rand_augment)}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, overrides_help: str = "key=value overrides") -> None:
+    """``--config A.yaml [B.yaml ...]`` and the positional ``key=value`` overrides; parse with
+    :func:`parse_config_args`."""
+    parser.add_argument("--config", nargs="+", action="extend", metavar="YAML",
+                        help="YAML file(s) over the typed defaults (video_st/config.py), merged left to right, e.g. "
+                             "configs/datasets/k400.yaml configs/methods/sparse_tuning.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
+
+
+def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_intermixed_args`` (options and overrides in any order), then the ``key=value`` items that
+    ``--config`` swallowed moved to ``overrides``: ``nargs="+"`` is greedy, so in ``--config a.yaml b.yaml
+    optim.lr=5e-4`` argparse hands ``optim.lr=5e-4`` to ``--config``. A config path never contains ``=``. The
+    overrides keep their command-line order (a later one wins)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_intermixed_args(argv)
+    given = args.config or []
+    swallowed = [item for item in given if "=" in item]
+    if swallowed:
+        args.config = [item for item in given if "=" not in item]
+        if not args.config:
+            parser.error("--config: no YAML file given (key=value items are overrides)")
+        args.overrides = _command_line_order([*args.overrides, *swallowed], argv)
+    return args
+
+
+def _command_line_order(items: list[str], argv: list[str]) -> list[str]:
+    pending, ordered = Counter(items), []
+    for token in argv:
+        if pending[token] > 0:
+            ordered.append(token)
+            pending[token] -= 1
+    return ordered + list(pending.elements())
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

@@ -48,7 +48,7 @@ def is_input_dependent(model: nn.Module) -> bool:
 
 
 def has_lora(model: nn.Module) -> bool:
-    return any(".lora_" in f".{name}" for name, _ in model.named_parameters())
+    return any(".lora." in f".{name}" for name, _ in model.named_parameters())
 
 
 def inference_model(model: nn.Module) -> nn.Module:

@@ -5,6 +5,11 @@ Formats: the official Kinetics CSV (``label,youtube_id,time_start,time_end,split
 ``path label`` lists (VideoMAE), ``frame_dir num_frames label`` lists (frame folders), and plain folders.
 A line that does not parse raises :class:`AnnotationError` naming the file and line. Torch-free, so the
 preprocessing jobs import it without torch's start-up cost.
+
+Classes travel by name: a reader given ``class_names`` (the model's, or the training split's) returns records
+labelled in that order, whatever order the file lists its classes in (:func:`match_classes`). A class the model
+does not know is an error naming it and the file; bare class indices are matched by position only when the
+model's classes are bare indices too.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from difflib import get_close_matches
 
+from ..errors import VideoSTError
 from ..fileio import write_atomic
 
 _log = logging.getLogger(__name__)
@@ -25,7 +32,7 @@ K400_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(VideoSTError, ValueError):
     """An annotation that does not parse; the message is ``file:line: problem``."""
 
     def __init__(self, path: str | os.PathLike, line: int | str, reason: str) -> None:
@@ -45,6 +52,71 @@ class VideoRecord:
 
 def k400_file_name(youtube_id: str, start: int, end: int) -> str:
     return f"{youtube_id}_{start:06d}_{end:06d}.mp4"
+
+
+def is_bare_indices(names: Sequence[str]) -> bool:
+    """``["0", "1", ...]``: the class list of a set whose annotations gave indices and no names."""
+    return list(names) == [str(i) for i in range(len(names))]
+
+
+def _few(names: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (", ..." if len(names) > n else "")
+
+
+def match_classes(records: Sequence[VideoRecord], file_names: Sequence[str] | None, model_names: Sequence[str], *,
+                  source: str | os.PathLike, lines: Sequence[int | str] | None = None,
+                  known_as: str = "the model") -> list[VideoRecord]:
+    """``records`` relabelled from the file's class order into ``model_names`` order, by name.
+
+    ``records`` carry labels as indices into ``file_names`` (-1: unlabelled, kept). ``file_names`` None means the
+    labels are bare class indices with no names: they are kept by position, which is only meaningful when
+    ``model_names`` are bare indices too ("0", "1", ...); otherwise this is an error asking for a class-name file.
+    A class of the file that no record uses need not be known to the model (the full 174-class SSv2 labels JSON
+    for a model trained on a subset); a record labelled with a class the model does not know is an
+    :class:`AnnotationError` at ``source``:``lines[i]`` ("-" without ``lines``) that names the class.
+    ``known_as`` names the list ``model_names`` comes from, for the messages.
+    """
+    source, model_names = os.fspath(source), list(model_names)
+    where = (lambda i: lines[i]) if lines is not None else (lambda i: "-")
+    if len(set(model_names)) != len(model_names):
+        repeated = sorted({n for n in model_names if model_names.count(n) > 1})
+        raise ValueError(f"the classes of {known_as} repeat {_few(repeated)}: {source} cannot be matched by name")
+    if file_names is None:
+        if not is_bare_indices(model_names):
+            first = next((i for i, r in enumerate(records) if r.label != -1), None)
+            if first is None:
+                return list(records)
+            raise AnnotationError(source, where(first), f"labels are bare class indices but the {len(model_names)} "
+                                  f"classes of {known_as} are named ({_few(model_names)}): give data.labels (a "
+                                  "class-name file) or class names in the label column, so labels are matched by name")
+        for i, r in enumerate(records):
+            if not -1 <= r.label < len(model_names):
+                raise AnnotationError(source, where(i), f"label {r.label} is not a class index of {known_as} "
+                                      f"(0 to {len(model_names) - 1})")
+        return list(records)
+    file_names = list(file_names)
+    index = {name: i for i, name in enumerate(model_names)}
+    out = []
+    for i, r in enumerate(records):
+        if r.label == -1:
+            out.append(r)
+            continue
+        if not 0 <= r.label < len(file_names):
+            raise AnnotationError(source, where(i), f"label {r.label} is not a class index (the file's classes "
+                                  f"are 0 to {len(file_names) - 1})")
+        name = file_names[r.label]
+        if name not in index:
+            unknown = sorted({file_names[x.label] for x in records if 0 <= x.label < len(file_names)} - index.keys())
+            folded = {m.casefold(): m for m in model_names}
+            close = [folded[c] for c in get_close_matches(name.casefold(), list(folded), n=1)]
+            raise AnnotationError(source, where(i), f"class {name!r} is not among the {len(model_names)} classes of "
+                                  f"{known_as} (first few: {_few(model_names)})"
+                                  + (f"; did you mean {close[0]!r}?" if close else "")
+                                  + (f"; {len(unknown) - 1} other unknown classes: {_few([u for u in unknown if u != name])}"
+                                     if len(unknown) > 1 else ""))
+        out.append(r if index[name] == r.label else replace(r, label=index[name]))
+    return out
 
 
 def _parse_int(text: str, *, path: str, line: int, what: str) -> int:
@@ -101,24 +173,26 @@ def _k400_rows(path: str) -> Iterable[tuple[int, str, str, int, int, str]]:
 def read_k400_csv(path: str | os.PathLike, root: str | os.PathLike, class_names: Sequence[str] | None = None,
                   ) -> tuple[list[VideoRecord], list[str]]:
     """Records and class names. Without ``class_names`` the classes are this file's labels sorted (the order every
-    K400 split shares); pass the training set's list when reading another split. Rows without a label (test
-    splits) get -1. Files are looked up as ROOT/NAME, ROOT/SPLIT/NAME, ROOT/SPLIT/LABEL/NAME; when none exists the
-    first is kept, and the missing-file check reports it."""
+    K400 split shares); with them (the training set's or the model's list) records are labelled in that order, by
+    name (:func:`match_classes`), and those names are returned. Rows without a label (test splits) get -1. Files
+    are looked up as ROOT/NAME, ROOT/SPLIT/NAME, ROOT/SPLIT/LABEL/NAME; when none exists the first is kept, and
+    the missing-file check reports it."""
     path, root = os.fspath(path), os.fspath(root)
     rows = list(_k400_rows(path))
-    names = list(class_names) if class_names is not None else sorted({r[1] for r in rows if r[1]})
-    index = {n: i for i, n in enumerate(names)}
+    file_names = sorted({r[1] for r in rows if r[1]})
+    index = {n: i for i, n in enumerate(file_names)}
     exists = _listing_lookup()
     records = []
     for line, label, youtube_id, start, end, split in rows:
-        if label and label not in index:
-            raise AnnotationError(path, line, f"label {label!r} is not among the {len(names)} classes")
         name = k400_file_name(youtube_id, start, end)
         candidates = [name, os.path.join(split, name), os.path.join(split, label, name)] if split else [name]
         rel = next((c for c in candidates if exists(os.path.join(root, os.path.dirname(c)), os.path.basename(c))),
                    candidates[0])
         records.append(VideoRecord(os.path.join(root, rel), index[label] if label else -1, name[:-4], rel=rel))
-    return records, names
+    if class_names is None:
+        return records, file_names
+    records = match_classes(records, file_names, class_names, source=path, lines=[r[0] for r in rows])
+    return records, list(class_names)
 
 
 def _lines(path: str) -> Iterable[tuple[int, str]]:
@@ -129,32 +203,119 @@ def _lines(path: str) -> Iterable[tuple[int, str]]:
                 yield number, text.strip()
 
 
-def read_path_label_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
-    """``relative/path.mp4 label`` per line (VideoMAE's lists; the path may contain spaces)."""
-    path, root, records = os.fspath(path), os.fspath(root), []
+def _list_rows(path: str, root: str, frames: bool) -> Iterable[tuple[int, VideoRecord, str]]:
+    """(line, record labelled 0, label text) of a ``path label`` or ``frame_dir num_frames label`` list. A line
+    splits at its last tabs when it has enough of them (so a class name may hold spaces), else at its last blanks."""
     for line, text in _lines(path):
-        parts = text.rsplit(maxsplit=1)
-        if len(parts) != 2:
-            raise AnnotationError(path, line, f"expected 'path label', got {text!r}")
-        label = _parse_int(parts[1], path=path, line=line, what="label")
-        rel = _inside_root(parts[0], root=root, path=path, line=line) if root else parts[0]
-        records.append(VideoRecord(os.path.join(root, rel), label, os.path.splitext(rel)[0], rel=rel))
-    return records
+        fields = 3 if frames else 2
+        parts = [p.strip() for p in text.rsplit("\t", fields - 1)]
+        if len(parts) != fields or not all(parts):
+            parts = text.rsplit(maxsplit=fields - 1)
+        if len(parts) != fields:
+            raise AnnotationError(path, line, f"expected {'frame_dir num_frames label' if frames else 'path label'}, "
+                                  f"got {text!r}")
+        if frames:
+            count = _parse_int(parts[1], path=path, line=line, what="num_frames")
+            if count < 1:
+                raise AnnotationError(path, line, "num_frames must be at least 1")
+            yield line, VideoRecord(os.path.join(root, parts[0]), 0, parts[0], count, True, rel=parts[0]), parts[2]
+        else:
+            rel = _inside_root(parts[0], root=root, path=path, line=line) if root else parts[0]
+            yield line, VideoRecord(os.path.join(root, rel), 0, os.path.splitext(rel)[0], rel=rel), parts[1]
+
+
+def read_path_label_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
+    """``relative/path.mp4 label`` per line (VideoMAE's lists; the path may contain spaces), integer labels.
+    :func:`read_labelled_list` also reads class names and matches classes by name."""
+    path, root = os.fspath(path), os.fspath(root)
+    return [replace(r, label=_parse_int(label, path=path, line=line, what="label"))
+            for line, r, label in _list_rows(path, root, frames=False)]
 
 
 def read_frame_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[VideoRecord]:
-    """``frame_dir num_frames label`` per line (preprocessed frame folders; the folder may contain spaces)."""
-    path, root, records = os.fspath(path), os.fspath(root), []
-    for line, text in _lines(path):
-        parts = text.rsplit(maxsplit=2)
-        if len(parts) != 3:
-            raise AnnotationError(path, line, f"expected 'frame_dir num_frames label', got {text!r}")
-        count = _parse_int(parts[1], path=path, line=line, what="num_frames")
-        label = _parse_int(parts[2], path=path, line=line, what="label")
-        if count < 1:
-            raise AnnotationError(path, line, "num_frames must be at least 1")
-        records.append(VideoRecord(os.path.join(root, parts[0]), label, parts[0], count, True, rel=parts[0]))
-    return records
+    """``frame_dir num_frames label`` per line (preprocessed frame folders; the folder may contain spaces),
+    integer labels. :func:`read_labelled_list` also reads class names and matches classes by name."""
+    path, root = os.fspath(path), os.fspath(root)
+    return [replace(r, label=_parse_int(label, path=path, line=line, what="label"))
+            for line, r, label in _list_rows(path, root, frames=True)]
+
+
+def _label_kind(text: str, *, path: str, line: int) -> int | str:
+    """An integer label (a class index; "3.0" too), or the text as a class name; a non-integer number is an
+    error rather than a name."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if value != value:  # "nan"
+        return text
+    return _parse_int(text, path=path, line=line, what="label")
+
+
+def _class_file(path: str) -> list[str]:
+    try:
+        names = load_class_names(path)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(path, err.lineno, f"invalid JSON: {err.msg}") from err
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise AnnotationError(path, f"class {i}", f"expected a class name, got {name!r}")
+        if name in seen:
+            raise AnnotationError(path, f"class {i}", f"class {name!r} is listed twice")
+        seen.add(name)
+    return names
+
+
+def read_labelled_list(path: str | os.PathLike, root: str | os.PathLike = "", *, frames: bool = False,
+                       labels: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
+                       ) -> tuple[list[VideoRecord], list[str]]:
+    """A ``path label`` list (``frames``: ``frame_dir num_frames label``) -> records and class names.
+
+    The label column holds class indices or class names (one or the other in a file; -1 is unlabelled in both).
+    Indices point into ``labels``, a class-name file (:func:`load_class_names`), when given; names are looked up
+    in it. Without ``class_names`` (training) the classes are ``labels``' list, else this file's names sorted, else
+    bare indices ``"0" .. str(max label)``. With ``class_names`` (the model's) records are matched to them by
+    name (:func:`match_classes`) and ``class_names`` is returned; bare indices without ``labels`` are matched by
+    position only when ``class_names`` are bare indices too.
+    """
+    path, root = os.fspath(path), os.fspath(root)
+    rows, first = [], None
+    for line, record, text in _list_rows(path, root, frames):
+        label = _label_kind(text, path=path, line=line)
+        if label != -1:
+            kind = "name" if isinstance(label, str) else "index"
+            if first is None:
+                first = (kind, line)
+            elif kind != first[0]:
+                raise AnnotationError(path, line, f"label {text!r} is a class {kind} but line {first[1]} has a class "
+                                      f"{first[0]}: a list gives indices or names, not both")
+        rows.append((line, record, label))
+    file_names = _class_file(os.fspath(labels)) if labels else None
+    lines = [line for line, _, _ in rows]
+    if first is not None and first[0] == "name":
+        own = sorted({label for _, _, label in rows if label != -1})
+        index = {n: i for i, n in enumerate(own)}
+        records = [replace(r, label=-1 if label == -1 else index[label]) for _, r, label in rows]
+        if class_names is not None:
+            return match_classes(records, own, class_names, source=path, lines=lines), list(class_names)
+        if file_names is None:
+            return records, own
+        return match_classes(records, own, file_names, source=path, lines=lines, known_as=os.fspath(labels)), file_names
+    records = [replace(r, label=label) for _, r, label in rows]
+    if file_names is not None:
+        for line, _, label in rows:
+            if not -1 <= label < len(file_names):
+                raise AnnotationError(path, line, f"label {label} is not a class index of {os.fspath(labels)} "
+                                      f"(0 to {len(file_names) - 1})")
+    if class_names is not None:
+        return match_classes(records, file_names, class_names, source=path, lines=lines), list(class_names)
+    if file_names is not None:
+        return records, file_names
+    for line, _, label in rows:
+        if label < -1:
+            raise AnnotationError(path, line, f"label {label} is not a class index")
+    return records, [str(i) for i in range(max((r.label for r in records), default=-1) + 1)]
 
 
 def strip_template(template: str) -> str:
@@ -163,17 +324,31 @@ def strip_template(template: str) -> str:
 
 
 def read_ssv2(labels_json: str | os.PathLike, split_json: str | os.PathLike, root: str | os.PathLike,
-              ext: str = ".webm") -> tuple[list[VideoRecord], list[str]]:
-    """Something-Something-v2: labels JSON (template -> "index") + a split JSON -> records ``ROOT/{id}{ext}``."""
+              ext: str = ".webm", class_names: Sequence[str] | None = None) -> tuple[list[VideoRecord], list[str]]:
+    """Something-Something-v2: labels JSON (template -> "index") + a split JSON -> records ``ROOT/{id}{ext}``.
+
+    Without ``class_names`` (training) the labels JSON defines the classes: its indices must be 0..N-1, and the
+    names come back in index order. With ``class_names`` (the model's) each video's template is matched to them
+    by name (:func:`match_classes`), whatever indices the labels JSON gives, and ``class_names`` comes back; a
+    template of the labels JSON that no video uses need not be one of the model's."""
     labels_json, split_json, root = os.fspath(labels_json), os.fspath(split_json), os.fspath(root)
     with open(labels_json, encoding="utf-8") as f:
         try:
             labels = {k: int(v) for k, v in json.load(f).items()}
         except json.JSONDecodeError as err:
             raise AnnotationError(labels_json, err.lineno, f"invalid JSON: {err.msg}") from err
-        except (ValueError, AttributeError) as err:
+        except (ValueError, AttributeError, TypeError) as err:
             raise AnnotationError(labels_json, "-", f"expected a JSON object template -> index: {err}") from err
     names = [name for name, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+    if class_names is None and sorted(labels.values()) != list(range(len(labels))):
+        by_index: dict[int, list[str]] = {}
+        for name, i in labels.items():
+            by_index.setdefault(i, []).append(name)
+        twice = next(((i, n) for i, n in sorted(by_index.items()) if len(n) > 1), None)
+        reason = (f"index {twice[0]} is given to {_few(twice[1])}" if twice else
+                  f"indices run {min(labels.values())}..{max(labels.values())} with gaps")
+        raise AnnotationError(labels_json, "-", f"class indices must be 0..{len(labels) - 1}, each once: {reason}")
+    position = {name: i for i, name in enumerate(names)}
     with open(split_json, encoding="utf-8") as f:
         try:
             entries = json.load(f)
@@ -181,19 +356,22 @@ def read_ssv2(labels_json: str | os.PathLike, split_json: str | os.PathLike, roo
             raise AnnotationError(split_json, err.lineno, f"invalid JSON: {err.msg}") from err
     if not isinstance(entries, list):
         raise AnnotationError(split_json, 1, "expected a JSON list of videos")
-    records = []
+    records, where = [], []
     for n, entry in enumerate(entries):
         if not isinstance(entry, dict) or "id" not in entry:
             raise AnnotationError(split_json, f"entry {n}", f"expected an object with an 'id', got {str(entry)[:80]}")
+        where.append(f"entry {n} (id {entry['id']})")
         label = -1
         if "template" in entry:  # the test split has no templates
             template = strip_template(entry["template"])
-            if template not in labels:
-                raise AnnotationError(split_json, f"entry {n} (id {entry['id']})", f"template {template!r} not in {labels_json}")
-            label = labels[template]
+            if template not in position:
+                raise AnnotationError(split_json, where[-1], f"template {template!r} not in {labels_json}")
+            label = position[template]
         rel = f"{entry['id']}{ext}"
         records.append(VideoRecord(os.path.join(root, rel), label, str(entry["id"]), rel=rel))
-    return records, names
+    if class_names is None:
+        return records, names
+    return match_classes(records, names, class_names, source=split_json, lines=where), list(class_names)
 
 
 def read_video_folder(folder: str | os.PathLike) -> list[VideoRecord]:

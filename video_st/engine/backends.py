@@ -65,8 +65,8 @@ class DeepSpeedBackend:
     def boundary(self) -> bool:
         return self.engine.is_gradient_accumulation_boundary()
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.engine(video.to(self.device, self.input_dtype, non_blocking=True))
+    def forward(self, video: torch.Tensor, **kwargs: Any) -> Any:
+        return self.engine(video.to(self.device, self.input_dtype, non_blocking=True), **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)  # scaled by 1 / accumulation and by the fp16 loss scale inside
@@ -121,11 +121,11 @@ class DDPBackend:
     def boundary(self) -> bool:
         return (self.micro_step + 1) % self.accumulation == 0
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, **kwargs: Any) -> Any:
         sync = self.boundary() or not isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
         context = contextlib.nullcontext() if sync or not self.wrapped.training else self.wrapped.no_sync()
         with context, torch.autocast(self.device.type, dtype=DTYPES[self.precision], enabled=self.precision != "fp32"):
-            return self.wrapped(video.to(self.device, non_blocking=True))
+            return self.wrapped(video.to(self.device, non_blocking=True), **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.accumulation).backward()
@@ -155,7 +155,7 @@ class DDPBackend:
                         "client_state": client_state}, os.path.join(directory, STATE_FILE))
 
     def load(self, directory: str) -> dict[str, Any]:
-        state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+        state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -174,11 +174,10 @@ def checkpoint_state_dict(path: str) -> dict[str, torch.Tensor]:
     """fp32 weights of an engine checkpoint folder (either backend). Where DeepSpeed trained in bf16/fp16 its
     module file holds the low-precision copies: the fp32 masters are consolidated from the ZeRO optimizer
     partitions (DeepSpeed's zero_to_fp32), frozen weights and buffers come from the module file."""
-    # Our own files: the client state holds Python and numpy RNG states, which weights_only refuses.
     if os.path.exists(os.path.join(path, STATE_FILE)):
-        module = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)["module"]
+        module = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)["module"]
     else:
-        module = torch.load(os.path.join(path, DEEPSPEED_MODEL_FILE), map_location="cpu", weights_only=False)["module"]
+        module = torch.load(os.path.join(path, DEEPSPEED_MODEL_FILE), map_location="cpu", weights_only=True)["module"]
         low_precision = any(v.dtype in (torch.bfloat16, torch.float16) for v in module.values())
         if low_precision and any(n.endswith("optim_states.pt") for n in os.listdir(path)):
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

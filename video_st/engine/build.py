@@ -2,33 +2,57 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from ..config import ConfigError, to_dict
-from ..data.annotations import (
-    VideoRecord,
-    load_class_names,
-    read_frame_list,
-    read_k400_csv,
-    read_path_label_list,
-    read_ssv2,
-)
+from ..data.annotations import VideoRecord, read_k400_csv, read_labelled_list, read_ssv2
 from ..data.datasets import ClipSpec, VideoClipDataset, check_files
 from ..data.transforms import EvalTransform, TrainTransform
+from ..errors import CheckpointError
 from ..models.factory import create_model
+from ..models.methods import get_method
 from ..models.vit import VideoViT
 
+_log = logging.getLogger(__name__)
 
-def build_model(cfg: DictConfig, **overrides) -> VideoViT:
-    """The model of ``cfg.model``, initialised from ``engine.seed`` (identical on every rank)."""
-    kwargs = {**to_dict(cfg.model), **overrides}
-    arch = kwargs.pop("arch")
+
+def build_model(cfg: DictConfig, *, classes: list[str] | None = None, for_training: bool = False,
+                **overrides: Any) -> VideoViT:
+    """The model of ``cfg.model``, initialised from ``engine.seed`` (identical on every rank).
+
+    Clip geometry comes from the data section (``data.num_frames``, ``data.size``: stated once). For training, a
+    method that freezes the backbone needs ``model.pretrained``: a random frozen backbone trains nothing useful,
+    so it is an error unless ``model.pretrained=none`` says it is meant (then a warning)."""
+    kwargs = {**to_dict(cfg.model), "num_frames": cfg.data.num_frames, "img_size": cfg.data.size, **overrides}
+    arch, method = kwargs.pop("arch"), kwargs.get("method", "full")
+    try:
+        frozen = get_method(method).frozen_backbone
+    except ValueError as err:
+        raise ConfigError(f"model.method: {err}") from err
+    pretrained = kwargs.get("pretrained")
+    if isinstance(pretrained, str) and pretrained.lower() == "none":
+        kwargs["pretrained"] = None
+        if for_training and frozen:
+            _log.warning("model.pretrained=none: training %s on a random, frozen backbone", method)
+    elif pretrained is None and for_training and frozen:
+        raise ConfigError(f"model.method={method} freezes the backbone, but model.pretrained is not set: it would "
+                          "train on random frozen weights; give the pre-trained checkpoint (or model.pretrained=none "
+                          "if that is what you want)")
+    if kwargs.get("pretrained") is not None and not os.path.exists(kwargs["pretrained"]):
+        raise ConfigError(f"model.pretrained={kwargs['pretrained']}: no such file or folder")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.engine.seed)
-        return create_model(arch, **kwargs)
+        try:
+            return create_model(arch, classes=classes, **kwargs)
+        except ValueError as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise ConfigError(f"model: {err}") from err
 
 
 def split_file(cfg: DictConfig, split: str) -> str:
@@ -39,20 +63,23 @@ def split_file(cfg: DictConfig, split: str) -> str:
 
 
 def read_split(cfg: DictConfig, split: str, class_names: list[str] | None = None) -> tuple[list[VideoRecord], list[str]]:
-    """Records of ``split`` ("train", "val", "test") and the class names (from the training file for K400 when not
-    given), with missing files checked all at once."""
+    """Records of ``split`` ("train", "val", "test") and the class names, with missing files checked all at once.
+
+    Without ``class_names`` (training) the split's annotations define the classes. With them (val/test: the
+    training classes, the model's) every format is matched to them by name: records come back labelled in
+    ``class_names`` order whatever order the file lists its classes in, a class they do not hold is an
+    ``AnnotationError`` naming it and the file, and ``class_names`` is returned. Bare class indices (a list without
+    ``data.labels``) are matched by position only when ``class_names`` are bare indices too."""
     data, path = cfg.data, split_file(cfg, split)
     if data.dataset == "k400":
         records, names = read_k400_csv(path, data.root, class_names)
     elif data.dataset == "ssv2":
         if not data.labels:
             raise ConfigError("data.labels is empty: SSv2 needs its labels JSON")
-        records, names = read_ssv2(data.labels, path, data.root)
+        records, names = read_ssv2(data.labels, path, data.root, class_names=class_names)
     else:
-        reader = read_path_label_list if data.dataset == "list" else read_frame_list
-        records = reader(path, data.root)
-        names = class_names or (load_class_names(data.labels) if data.labels else
-                                [str(i) for i in range(max(r.label for r in records) + 1)])
+        records, names = read_labelled_list(path, data.root, frames=data.dataset == "frames",
+                                            labels=data.labels or None, class_names=class_names)
     records = check_files(records, source=path, missing=data.missing, invalid_list=data.scan_list)
     return records, names
 

@@ -33,6 +33,7 @@ from . import distributed
 
 _log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
+SPEC_FILE = "spec.json"  # the model spec (models/spec.py): what the folder's weights are the weights of
 TAG = re.compile(r"^step_(\d{8})$")
 
 
@@ -72,15 +73,19 @@ def verify(folder: str) -> str | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's key array as a tensor: the file then loads with weights_only=True (no numpy unpickling).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                    cached), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -103,8 +108,9 @@ class CheckpointManager:
     def path(self, tag: str) -> str:
         return os.path.join(self.root, tag)
 
-    def save(self, step: int, write: Callable[[str], None]) -> str:
-        """``write(folder)`` runs on every rank (it is collective for DeepSpeed); returns the final folder."""
+    def save(self, step: int, write: Callable[[str], None], files: dict[str, str] | None = None) -> str:
+        """``write(folder)`` runs on every rank (it is collective for DeepSpeed); rank 0 adds ``files`` (name ->
+        text, e.g. the model spec); returns the final folder."""
         tag = tag_for(step)
         staging, final = os.path.join(self.root, f".tmp-{tag}"), self.path(tag)
         if self.rank == 0:
@@ -115,9 +121,11 @@ class CheckpointManager:
         torch.save(rng_state(), os.path.join(staging, f"rng_rank{self.rank}.pt"))
         distributed.barrier()
         if self.rank == 0:
-            files = {rel: {"size": os.path.getsize(os.path.join(staging, rel)), "sha256": _sha256(os.path.join(staging, rel))}
-                     for rel in _files(staging)}
-            write_atomic(os.path.join(staging, MANIFEST), json.dumps({"step": step, "files": files}, indent=1))
+            for name, text in (files or {}).items():
+                write_atomic(os.path.join(staging, name), text)
+            listed = {rel: {"size": os.path.getsize(os.path.join(staging, rel)), "sha256": _sha256(os.path.join(staging, rel))}
+                      for rel in _files(staging)}
+            write_atomic(os.path.join(staging, MANIFEST), json.dumps({"step": step, "files": listed}, indent=1))
             if os.path.exists(final):  # the same step saved again (e.g. a stop right after a periodic save)
                 shutil.rmtree(final)
             os.replace(staging, final)
@@ -160,5 +168,4 @@ class CheckpointManager:
 def load_rng(folder: str, rank: int) -> None:
     path = os.path.join(folder, f"rng_rank{rank}.pt")
     if os.path.exists(path):  # a run resumed on more ranks than it saved with starts those ranks fresh
-        # Our own file: Python's and numpy's RNG states are tuples and arrays, which weights_only refuses.
-        set_rng_state(torch.load(path, weights_only=False))
+        set_rng_state(torch.load(path, weights_only=True))

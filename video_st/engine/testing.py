@@ -7,7 +7,6 @@ process or 64. Unreadable videos are never replaced: they are excluded, listed a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,16 +15,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from ..config import ConfigError, to_dict
 from ..data.annotations import load_class_names
 from ..data.datasets import make_loader
 from ..data.samplers import ShardSampler
-from ..models.adapters import load_trainable_state_dict
-from ..models.convert import CheckpointError, read_checkpoint, unwrap
 from ..models.flops import count_flops
-from ..models.vit import VideoViT
 from . import distributed
-from .backends import DTYPES, checkpoint_state_dict, is_checkpoint_dir
+from .backends import DTYPES
 from .build import build_model, eval_dataset, read_split
+from .loading import Loaded, config_disagreements, is_video_st_file, load, resolve_checkpoint
 from .evaluate import gather, predict
 from .logs import Progress
 from .report import metrics, write_report
@@ -33,61 +31,47 @@ from .report import metrics, write_report
 _log = logging.getLogger(__name__)
 
 
-def resolve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> str:
-    """An explicit path, else the run's best checkpoint (checkpoints/best.json), else its newest."""
-    path = checkpoint or cfg.test.checkpoint
-    if not path:
-        path = cfg.checkpoint.dir or os.path.join(cfg.output_dir, "checkpoints")
-    hf_folder = any(os.path.exists(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin"))
-    if os.path.isdir(path) and not is_checkpoint_dir(path) and not hf_folder:
-        for pointer in ("best.json", "latest"):
-            file = os.path.join(path, pointer)
-            if os.path.exists(file):
-                with open(file, encoding="utf-8") as f:
-                    tag = json.load(f)["tag"] if pointer == "best.json" else f.read().strip()
-                return os.path.join(path, tag)
-        raise CheckpointError(f"{path}: no best.json or latest (not a run's checkpoint folder) and no weights "
-                              "of a Hugging Face folder")
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint")
-    return path
+def checkpoint_path(cfg: DictConfig, checkpoint: str | None) -> str:
+    """An explicit path, else ``test.checkpoint``, else the run's checkpoint folder (its best, else its newest)."""
+    path = checkpoint or cfg.test.checkpoint or cfg.checkpoint.dir or os.path.join(cfg.output_dir, "checkpoints")
+    return resolve_checkpoint(path)
 
 
-def load_model(cfg: DictConfig, path: str) -> tuple[VideoViT, dict[str, Any]]:
-    """Build ``cfg.model`` and load ``path``: an engine checkpoint folder (DeepSpeed or DDP), a consolidated
-    file (model_final.pt), an adapter-only file over the ``model.pretrained`` backbone, or any checkpoint
-    tools/convert_checkpoint.py reads (a converted or raw VideoMAE / Hugging Face / timm file)."""
-    meta: dict[str, Any] = {}
-    if os.path.isdir(path) and is_checkpoint_dir(path):
-        model, state, kind = build_model(cfg), checkpoint_state_dict(path), "engine checkpoint"
-    else:
-        state, meta = unwrap(read_checkpoint(path)[0])
-        meta = meta or {}
-        if meta.get("source") != "video_st" or "create_args" not in meta:
-            # A foreign or converted checkpoint: the model factory converts and loads it.
-            return build_model(cfg, pretrained=path), {"kind": "converted checkpoint"}
-        model = build_model(cfg)
-        kind = "consolidated"
-    own = model.state_dict()
-    if set(state) >= set(own):
-        missing_or_bad = [k for k in own if state[k].shape != own[k].shape]
-        if missing_or_bad:
-            raise CheckpointError(f"{path}: shapes differ from the config's model for {missing_or_bad[:5]}")
-        model.load_state_dict({k: state[k] for k in own})
-    elif not cfg.model.get("pretrained"):
-        raise CheckpointError(f"{path} holds {len(state)} of the model's {len(own)} tensors (an adapter-only file?); "
-                              "set model.pretrained to the backbone it was trained on")
-    else:
-        load_trainable_state_dict(model, state)
-        kind = "adapter-only over model.pretrained"
-    return model, {"kind": kind, **{k: v for k, v in meta.items() if k in ("classes", "step")}}
+def load_for_test(cfg: DictConfig, path: str) -> tuple[Loaded, dict[str, Any]]:
+    """The trained model at ``path``, rebuilt from its spec and checked against the config: a key that says
+    something else than the file is an error naming both values. Deliberate test-time changes are asked for in
+    the test section (``test.keep_rate``) and returned, to be printed and written into summary.json.
+
+    A foreign checkpoint (VideoMAE, Hugging Face, timm) has no spec: the config describes it, and the model
+    factory converts it (its parity tests vouch for that path)."""
+    if not is_video_st_file(path):
+        model = build_model(cfg, pretrained=path)
+        return Loaded(model, model.spec, path, "converted checkpoint"), {}
+    pretrained = cfg.model.get("pretrained")
+    loaded = load(path, backbone=None if pretrained in (None, "", "none") else pretrained)
+    disagree = config_disagreements(loaded.spec, to_dict(cfg.model), (cfg.data.num_frames, cfg.data.size))
+    if disagree:
+        more = f" (and {len(disagree) - 1} more)" if len(disagree) > 1 else ""
+        raise ConfigError(f"{path}: {disagree[0]}{more}; the config must describe the trained model (drop the key, "
+                          "or set it to the file's value; test.keep_rate changes keep rates on purpose)")
+    changes: dict[str, Any] = {}
+    if cfg.test.keep_rate is not None:
+        if not loaded.model.keep_rates:
+            raise ConfigError(f"test.keep_rate={cfg.test.keep_rate}: the {loaded.spec.method} model of {path} "
+                              "reduces no tokens")
+        rate, trained = cfg.test.keep_rate, list(loaded.model.keep_rates)
+        loaded.model.set_keep_rate(rate if isinstance(rate, (int, float)) else tuple(rate))
+        changes["keep_rate"] = {"trained": trained, "tested": list(loaded.model.keep_rates)}
+        _log.warning("testing at keep rates %s (trained at %s): test.keep_rate", changes["keep_rate"]["tested"],
+                     changes["keep_rate"]["trained"])
+    return loaded, changes
 
 
-def class_names_for(cfg: DictConfig, meta: dict[str, Any]) -> list[str] | None:
-    """The class map the model was trained with: the checkpoint's, the run's classes.json, or (None) the
-    training annotations'."""
-    if meta.get("classes"):
-        return list(meta["classes"])
+def class_names_for(cfg: DictConfig, loaded: Loaded) -> list[str] | None:
+    """The class map the model was trained with: its spec's, else (a foreign checkpoint) the run's classes.json,
+    else None (the training annotations' then)."""
+    if loaded.spec.classes:
+        return list(loaded.spec.classes)
     saved = os.path.join(cfg.output_dir, "classes.json")
     return load_class_names(saved) if os.path.exists(saved) else None
 
@@ -104,9 +88,10 @@ def run_test(cfg: DictConfig, checkpoint: str | None = None, out_dir: str | None
 
 def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkpoint: str | None,
          out_dir: str | None) -> dict[str, Any]:
-    path = resolve_checkpoint(cfg, checkpoint)
-    model, meta = load_model(cfg, path)
-    names = class_names_for(cfg, meta)
+    path = checkpoint_path(cfg, checkpoint)
+    loaded, changes = load_for_test(cfg, path)
+    model = loaded.model
+    names = class_names_for(cfg, loaded)
     if names is None:
         _, names = read_split(cfg, "train")
     records, names = read_split(cfg, "test", names)
@@ -130,9 +115,9 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkp
         if model.input_dependent and env.is_main and not first:
             first.append(clips)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            scores = model(clips)
-        for key, value in model.token_stats().items():
-            token_stats.setdefault(key, []).append(value)
+            scores, terms = model(clips, return_terms=True)
+        for key, value in terms.stats.items():
+            token_stats.setdefault(key, []).append(value.item())
         return scores
 
     progress = Progress(total=len(loader.sampler), initial=0, enabled=env.is_main and cfg.log.progress, desc="test")
@@ -148,7 +133,8 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkp
     merged = gather(local, len(names))
     result = metrics(merged, len(names))
     summary = {
-        "checkpoint": path, "checkpoint_kind": meta["kind"], "videos": result["videos"], "excluded": len(merged.failed),
+        "checkpoint": path, "checkpoint_kind": loaded.kind, "method": loaded.spec.method,
+        "test_time_changes": changes, "videos": result["videos"], "excluded": len(merged.failed),
         "partial": len(merged.partial), "views_per_video": views, "temporal_views": temporal, "spatial_views": spatial,
         "ensemble": cfg.test.ensemble, "top1": result["top1"], "top5": result["top5"],
         "mean_class_accuracy": result["mean_class_accuracy"], "gflops_per_view": gflops,
@@ -160,6 +146,6 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkp
         out = out_dir or os.path.join(cfg.output_dir, "test")
         write_report(out, pred=merged, result=result, summary=summary, video_ids=[r.video_id for r in records],
                      paths=[r.path for r in records], class_names=names)
-        _log.info("multi-view test of %s (%s): results in %s", path, meta["kind"], out)
+        _log.info("multi-view test of %s (%s): results in %s", path, loaded.kind, out)
     distributed.barrier()
     return summary

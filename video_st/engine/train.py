@@ -28,13 +28,14 @@ from ..data.datasets import BadFileLog, make_loader
 from ..data.samplers import ShardSampler, TrainSampler
 from ..data.transforms import BatchAugment, make_mixup
 from ..fileio import write_atomic
-from ..models.factory import save_video_st
 from ..models.dispatch import calibrate
-from ..models.sparsify import KeepRateWarmup, ToMeMerge, TopKFuse, keep_count
+from ..models.sparsify import KeepRateWarmup
+from ..models.spec import save_model_file
 from . import distributed
 from .backends import DDPBackend, DeepSpeedBackend, checkpoint_state_dict, deepspeed_config
 from .build import build_model, eval_dataset, output_path, read_split, train_dataset
-from .checkpoint import CheckpointManager, load_rng
+from .checkpoint import SPEC_FILE, CheckpointManager, load_rng
+from .loading import check_weights_only, read_folder_spec
 from .evaluate import accuracy, gather, mean_loss, predict
 from .logs import Progress, RunLog, memory_mb
 from .optim import CosineSchedule, make_adamw, param_groups, set_lr
@@ -61,26 +62,6 @@ class StopFlag:
             signal.signal(s, handler)
 
 
-def token_ratio(model: torch.nn.Module) -> float | None:
-    """Tokens the blocks process, relative to dense (what the keep-rate schedule buys); None where that depends on
-    the input (DyT, AS-ViT: their measured rates are logged instead)."""
-    blocks = list(getattr(model, "blocks", ()))
-    if getattr(model, "input_dependent", False):
-        return None
-    if not blocks or not any(getattr(b, "reduces", False) for b in blocks):
-        return 1.0
-    dense = n = model.patch_embed.num_patches
-    total = 0
-    for block in blocks:
-        total += n
-        if isinstance(block.reducer, TopKFuse):
-            k = keep_count(n, block.reducer.keep_rate)
-            n = k + 1 if k < n else n  # kept tokens + the fused one, if any token was dropped
-        elif isinstance(block.reducer, ToMeMerge):
-            n -= min(n - keep_count(n, block.reducer.keep_rate), (n + 1) // 2)
-    return total / (dense * len(blocks))
-
-
 def seed_everything(seed: int, rank: int) -> None:
     # Model init uses engine.seed alone (build_model); the training stream differs per rank (drop path, mixup).
     random.seed(seed + rank)
@@ -104,10 +85,10 @@ class Trainer:
         val_records, _ = read_split(cfg, "val", self.class_names)
         if main:
             save_class_names(self.class_names, output_path(cfg, "classes.json"))
-        self.model = build_model(cfg)
-        if self.model.num_classes != len(self.class_names):
-            raise ConfigError(f"model.num_classes={self.model.num_classes} but {cfg.data.train} has "
+        if cfg.model.get("num_classes") not in (None, len(self.class_names)):
+            raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {cfg.data.train} has "
                               f"{len(self.class_names)} classes")
+        self.model = build_model(cfg, classes=self.class_names, for_training=True)
         if cfg.engine.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if self.model.input_dependent:  # before the backend broadcasts rank 0's weights; a resume overwrites it
@@ -154,6 +135,7 @@ class Trainer:
                     if cfg.optim.ema_decay else None)
         self.grad_norm: float | None = None
         self.aux_losses: dict[str, torch.Tensor] = {}
+        self.token_stats: dict[str, float] = {}
         self.checkpoints = CheckpointManager(cfg.checkpoint.dir or output_path(cfg, "checkpoints"),
                                              keep_last=cfg.checkpoint.keep_last, rank=env.rank)
         self.bad_files = BadFileLog()
@@ -189,6 +171,7 @@ class Trainer:
         folder = self.checkpoints.newest_valid() if choice == "auto" else choice
         if folder is None:
             return
+        self._check_resumable(folder)
         state = self.backend.load(folder)
         load_rng(folder, self.env.rank)
         self.step, self.epoch, self.micro_done = state["step"], state["epoch"], state["micro_done"]
@@ -201,10 +184,23 @@ class Trainer:
         self.log.write("resume", self.step, checkpoint=folder, epoch=self.epoch,
                        slurm_restart_count=int(os.environ.get("SLURM_RESTART_COUNT", 0)))
 
+    def _check_resumable(self, folder: str) -> None:
+        """A checkpoint resumes only the run that wrote it: the same model spec (method, options, geometry,
+        classes), and weights that load as weights only."""
+        check_weights_only(folder)
+        trained = read_folder_spec(folder)
+        differences = self.model.spec.differences(trained)
+        if differences:
+            key, mine, theirs = differences[0]
+            raise ConfigError(f"cannot resume {folder}: {key} is {mine} in this config but {theirs} in the "
+                              f"checkpoint ({len(differences)} difference(s)); use another output_dir or "
+                              "checkpoint.resume=none to start fresh")
+
     def save(self) -> str:
         client = {"step": self.step, "epoch": self.epoch, "micro_done": self.micro_done, "best": self.best,
                   "ema": self.ema, "bad_files": dict(self.bad_files.seen)}
-        folder = self.checkpoints.save(self.step, lambda d: self.backend.save(d, client))
+        spec = json.dumps(self.model.spec.to_dict(), indent=1)
+        folder = self.checkpoints.save(self.step, lambda d: self.backend.save(d, client), files={SPEC_FILE: spec})
         self.log.write("checkpoint", self.step, path=folder)
         return folder
 
@@ -285,7 +281,8 @@ class Trainer:
         labels = batch["label"].to(self.device)
         if self.mixup is not None:
             video, target = self.mixup(video, labels)  # soft labels, smoothing included
-        logits = self.backend.forward(video).float()
+        logits, terms = self.backend.forward(video, return_terms=True)
+        logits = logits.float()
 
         def criterion(scores: torch.Tensor) -> torch.Tensor:
             if self.mixup is not None:
@@ -293,7 +290,8 @@ class Trainer:
             return F.cross_entropy(scores, labels, label_smoothing=self.cfg.optim.label_smoothing)
 
         loss = criterion(logits)
-        self.aux_losses = self.model.auxiliary_losses(logits, criterion)  # DyT's rate and distillation, AS-ViT's budget
+        self.aux_losses = terms.with_task(criterion)  # DyT's rate and distillation, AS-ViT's budget
+        self.token_stats = terms.stats
         if self.aux_losses:
             loss = loss + sum(self.aux_losses.values())
         value = loss.item()  # the one device sync of a micro-step (logging needs the value anyway)
@@ -329,10 +327,10 @@ class Trainer:
             values["loss_scale"] = self.backend.loss_scale()
         if self.model.keep_rates:
             values["keep_rate"] = min(self.model.keep_rates)
-        ratio = token_ratio(self.model)
+        ratio = self.model.token_ratio()
         if ratio is not None and self.model.keep_rates:
             values["token_ratio"] = ratio
-        values.update(self.model.token_stats())  # measured: DyT's activation rate, AS-ViT's kept fraction
+        values.update({k: v.item() for k, v in self.token_stats.items()})  # DyT's activation rate, AS-ViT's kept fraction
         values.update({f"loss_{k}": v.item() for k, v in self.aux_losses.items()})
         self.log.write("train", self.step, **values)
 
@@ -368,15 +366,15 @@ class Trainer:
         """Exports for the test tool and for sharing: fp32 consolidated weights and the trainable part alone."""
         folder = self.checkpoints.newest_valid()
         if self.env.is_main and folder is not None:
-            state = checkpoint_state_dict(folder)
-            meta = {"create_args": self.model.create_args, "classes": self.class_names, "step": self.step}
-            save_video_st(state, output_path(self.cfg, "model_final.pt"), **meta)
+            state, spec = checkpoint_state_dict(folder), self.model.spec
+            save_model_file(output_path(self.cfg, "model_final.pt"), state, spec=spec, step=self.step)
             trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            save_video_st({k: v for k, v in state.items() if k in trainable},
-                          output_path(self.cfg, "trainable_final.pt"), **meta)
+            save_model_file(output_path(self.cfg, "trainable_final.pt"),
+                            {k: v for k, v in state.items() if k in trainable}, spec=spec, content="trainable",
+                            step=self.step)
             if self.ema is not None:
-                save_video_st({k: v.cpu() for k, v in self.ema.items()}, output_path(self.cfg, "trainable_ema.pt"),
-                              **meta)
+                save_model_file(output_path(self.cfg, "trainable_ema.pt"), {k: v.cpu() for k, v in self.ema.items()},
+                                spec=spec, content="trainable", step=self.step)
         if self.env.is_main and self.bad_files.seen:
             self.bad_files.write(output_path(self.cfg, "bad_files.txt"))
             _log.warning("%d unreadable training videos were replaced (list: %s)", len(self.bad_files.seen),

@@ -1,19 +1,22 @@
-"""Adapters, which parameters each method trains, and adapter-only state dicts.
+"""Adapters for the adapter slot (:class:`~video_st.models.slots.Adapter`), and adapter-only state dicts.
 
 Every adapter's up-projection starts at zero, so a freshly built model computes exactly what its backbone does
-and fine-tuning starts from the pre-trained function.
+and fine-tuning starts from the pre-trained function. Each class keeps its arithmetic in a method of its own
+(``delta`` / ``adapt``) and its place in the block in ``forward``, the slot interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from .slots import Adapter
 
-class ParallelAdapter(nn.Module):
-    """AdaptFormer-style bottleneck beside the FFN: ``scale * up(relu(down(x)))``."""
+
+class ParallelAdapter(Adapter):
+    """AdaptFormer-style bottleneck beside the FFN: ``scale * up(relu(down(x)))`` on the FFN's input."""
 
     def __init__(self, *, dim: int, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.0) -> None:
         super().__init__()
@@ -30,8 +33,11 @@ class ParallelAdapter(nn.Module):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * self.up(self.dropout(self.act(self.down(x))))
+
+    def forward(self, x, mlp_out, state):
+        return mlp_out, self.delta(x), state
 
 
 class SequentialAdapter(ParallelAdapter):
@@ -42,11 +48,11 @@ class SequentialAdapter(ParallelAdapter):
     def __init__(self, *, dim: int, bottleneck: int = 64, scale: float = 1.0, dropout: float = 0.0) -> None:
         super().__init__(dim=dim, bottleneck=bottleneck, scale=scale, dropout=dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + super().forward(x)
+    def forward(self, x, mlp_out, state):
+        return mlp_out + self.delta(mlp_out), None, state
 
 
-class MoEAdapter(nn.Module):
+class MoEAdapter(Adapter):
     """Dynamic Tuning's mixture-of-experts adapter: ``experts`` bottleneck adapters mixed by a learned router.
 
     The router weighs the experts per sample (from the mean of the sample's tokens) and the experts' WEIGHTS are
@@ -80,16 +86,19 @@ class MoEAdapter(nn.Module):
         return (torch.einsum("be,erd->brd", gate, self.down_weight), gate @ self.down_bias,
                 torch.einsum("be,edr->bdr", gate, self.up_weight), gate @ self.up_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
         down_w, down_b, up_w, up_b = self.merged(x)
         h = self.act(torch.einsum("bnd,brd->bnr", x, down_w) + down_b[:, None])
         return self.scale * (torch.einsum("bnr,bdr->bnd", h, up_w) + up_b[:, None])
+
+    def forward(self, x, mlp_out, state):
+        return mlp_out, self.delta(x), state
 
 
 AdapterState = tuple[torch.Tensor, torch.Tensor]  # (bottleneck activations + ones channel, matching up-projection)
 
 
-class DenseAdapter(nn.Module):
+class DenseAdapter(Adapter):
     """Dense Adapter (Sparse-Tuning, Sec. 3.2, Fig. 4 (b)): project, then fuse, then up-project.
 
     Input 0 is the current layer's features (the residual stream after attention, the FFN's input before its
@@ -106,14 +115,19 @@ class DenseAdapter(nn.Module):
     down-projections cost r(r+1) instead of d*r multiply-adds per token, with the same outputs and gradients.
     Token fusion is linear and the ones channel carries the fusion weights' sum, so this stays exact under
     Token Sparsification in both fuse modes.
+
+    In the block, the earlier adapters' states travel in ``state.history`` (oldest first); ``history_len`` is
+    how many of them later layers still need (the model's ``dense_inputs - 1``).
     """
 
     def __init__(
-        self, *, dim: int, bottleneck: int = 32, num_inputs: int = 1, scale: float = 1.0, dropout: float = 0.0
+        self, *, dim: int, bottleneck: int = 32, num_inputs: int = 1, scale: float = 1.0, dropout: float = 0.0,
+        history_len: int = 0,
     ) -> None:
         super().__init__()
         if num_inputs < 1:
             raise ValueError(f"a Dense Adapter needs at least one input, got num_inputs={num_inputs}")
+        self.history_len = history_len
         self.downs = nn.ModuleList(nn.Linear(dim, bottleneck) for _ in range(num_inputs))
         self.act = nn.ReLU()
         self.dropout = nn.Dropout(dropout)
@@ -136,7 +150,13 @@ class DenseAdapter(nn.Module):
         """``s * [U, b]``: (dim, r + 1), so that ``A = [h, 1] @ augmented_up().T``."""
         return self.scale * torch.cat([self.up.weight, self.up.bias[:, None]], dim=1)
 
-    def forward(self, x: torch.Tensor, previous: Sequence[AdapterState] = ()) -> tuple[torch.Tensor, AdapterState]:
+    def forward(self, x, mlp_out, state):
+        previous = tuple(reversed(state.history))[: self.num_inputs - 1]
+        adapted, mine = self.adapt(x, previous)
+        history = (*state.history, mine)[-self.history_len :] if self.history_len else ()
+        return mlp_out, adapted, state.with_history(history)
+
+    def adapt(self, x: torch.Tensor, previous: Sequence[AdapterState] = ()) -> tuple[torch.Tensor, AdapterState]:
         """``x``: (B, N, dim); ``previous``: states of earlier Dense Adapters, most recent first.
 
         Returns this adapter's output (B, N, dim) and its state for later layers."""
@@ -148,62 +168,6 @@ class DenseAdapter(nn.Module):
         h = self.dropout(self.act(fused))
         h_aug = torch.cat([h, h.new_ones(h.shape[:-1] + (1,))], dim=-1)
         return self.scale * self.up(h), (h_aug, self.augmented_up())
-
-
-# Which parameters each method trains, by parameter-name prefix; "adapter" covers every adapter module,
-# "dispatcher" DyT's token gates, "reducer" AS-ViT's thresholds (the other reducers have no parameters).
-# The temporal position embedding is trained by every adapter method: image checkpoints have none (it starts at
-# zero), so a frozen one would leave the model blind to frame order beyond one tubelet. It is 4 x 768 values.
-# EViT and ToMe train the head only: they are Table 3 (b) of the Sparse-Tuning paper, token reduction on a
-# frozen backbone without adapters (combine a reducer with adapters through `reducer=` and an adapter method).
-TRAINABLE_PREFIXES: dict[str, tuple[str, ...]] = {
-    "full": ("",),
-    "linear": ("head.",),
-    "adapter": ("head.", "adapter", "pos_embed_temporal"),
-    "adaptformer": ("head.", "adapter", "pos_embed_temporal"),
-    "dense_adapter": ("head.", "adapter", "pos_embed_temporal"),
-    "sparse_tuning": ("head.", "adapter", "pos_embed_temporal"),
-    "lora": ("head.", "lora", "pos_embed_temporal"),
-    "vpt": ("head.", "prompts", "pos_embed_temporal"),
-    "bitfit": ("head.", "bias", "pos_embed_temporal"),
-    "dyt": ("head.", "adapter", "dispatcher", "pos_embed_temporal"),
-    "asvit": ("head.", "adapter", "reducer", "pos_embed_temporal"),
-    "evit": ("head.",),
-    "tome": ("head.",),
-}
-
-
-def list_methods() -> list[str]:
-    return sorted(TRAINABLE_PREFIXES)
-
-
-def _is_trainable(name: str, prefixes: Iterable[str]) -> bool:
-    # "adapter" matches the adapter module of any block ("blocks.3.adapter.up.weight"; likewise "dispatcher" and
-    # "reducer"), "lora" the LoRA updates
-    # ("blocks.3.attn.lora_q.down.weight"), "bias" every bias (BitFit: linear layers and LayerNorms alike).
-    def match(p: str) -> bool:
-        if p in ("adapter", "dispatcher", "reducer"):
-            return f".{p}." in f".{name}"
-        if p == "lora":
-            return ".lora_" in name
-        if p == "bias":
-            return name.endswith(".bias")
-        return name.startswith(p)
-
-    return any(match(p) for p in prefixes)
-
-
-def mark_trainable(model: nn.Module, method: str) -> list[str]:
-    """Freeze everything but what ``method`` trains; returns the trainable parameter names."""
-    if method not in TRAINABLE_PREFIXES:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(list_methods())}")
-    prefixes = TRAINABLE_PREFIXES[method]
-    trainable = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(_is_trainable(name, prefixes))
-        if param.requires_grad:
-            trainable.append(name)
-    return trainable
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

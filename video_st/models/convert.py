@@ -36,14 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import CheckpointError
+from .spec import ModelSpec, file_spec
+
 _log = logging.getLogger(__name__)
 
 INFLATIONS = ("central", "average")
 VIDEOMAE_DEFAULT_FRAMES = 16  # every VideoMAE K400/SSv2 release was pre-trained on 16 frames at 224
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or converted; the message names the file and the cause."""
 
 
 @dataclass
@@ -53,6 +52,13 @@ class Converted:
     state_dict: dict[str, torch.Tensor]
     source: str
     arch: dict[str, Any] = field(default_factory=dict)  # VideoViT keyword arguments fixed by the weights
+    spec: ModelSpec | None = None  # the file's own spec (video_st files)
+    content: str = "backbone"  # a video_st file's content: "model", "trainable" or "backbone" (a conversion)
+
+
+# What a video_st file's backbone says that seeding another model does not take: the head and the
+# regularisation are the new run's own choices.
+NOT_GEOMETRY = ("num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate")
 
 
 # -- reading files ---------------------------------------------------------------------------------------------
@@ -310,7 +316,9 @@ def to_video_st(path: str | os.PathLike) -> Converted:
     try:
         source = detect_source(sd, meta)
         if source == "video_st":
-            return Converted(sd, "video_st", dict(meta.get("arch", {})))
+            spec = file_spec(meta, source=os.fspath(path))
+            geometry = {k: v for k, v in spec.backbone.items() if k not in NOT_GEOMETRY}
+            return Converted(sd, "video_st", geometry, spec=spec, content=meta.get("content", "model"))
         if source == "npz":
             converted = timm_to_video_st(npz_to_timm(sd))
             heads = npz_num_heads(sd)

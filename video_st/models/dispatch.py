@@ -15,33 +15,82 @@ Both have three execution paths that must agree:
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layers import AttnInfo
+from .slots import Dispatcher, Reducer
 from .sparsify import FUSED_TOKEN_ID, TokenState, pack_kept
 
 MODES = (None, "mask")
 
 
-class TokenDispatcher(nn.Module):
+@dataclass(frozen=True)
+class ActivationRate:
+    """DyT: the mean MLP mask per sample of one layer; its loss is ``weight * (mean over layers - target)^2``."""
+
+    value: torch.Tensor  # (B,)
+    target: float
+    weight: float
+
+    @staticmethod
+    def loss(records: list[ActivationRate]) -> torch.Tensor:
+        rate = torch.stack([r.value.float().mean() for r in records]).mean()
+        return records[0].weight * (rate - records[0].target) ** 2
+
+    @staticmethod
+    def stats(records: list[ActivationRate]) -> dict[str, torch.Tensor]:
+        return {"activation_rate": torch.stack([r.value.detach().float().mean() for r in records]).mean()}
+
+
+@dataclass(frozen=True)
+class KeptFraction:
+    """AS-ViT: the fraction of the grid's tokens one stage keeps per sample; its loss is
+    ``weight * mean over stages of (kept - keep_rate^stage)^2``."""
+
+    value: torch.Tensor  # (B,)
+    target: float
+    weight: float
+
+    @staticmethod
+    def loss(records: list[KeptFraction]) -> torch.Tensor:
+        return records[0].weight * torch.stack([(r.value.float().mean() - r.target) ** 2 for r in records]).mean()
+
+    @staticmethod
+    def stats(records: list[KeptFraction]) -> dict[str, torch.Tensor]:
+        return {"kept_ratio": records[-1].value.detach().float().mean()}
+
+
+LOSS_NAMES = {ActivationRate: "activation", KeptFraction: "budget"}
+
+
+class TokenDispatcher(Dispatcher):
     """DyT's per-layer token dispatcher with MLP dispatch: tokens it switches off skip the block's MLP.
 
     A linear gate scores every non-prefix token; training samples a Gumbel-sigmoid at temperature ``temperature``
     with a straight-through hard mask (threshold 0.5); inference keeps the tokens with a positive gate logit (the
     noise-free mask). The prefix ([CLS], prompts) always runs. Each pass records the mean mask per sample for the
-    activation-rate loss.
+    activation-rate loss; the full-token pass of self-distillation (``state.full_tokens``) runs every token.
     """
 
-    def __init__(self, *, dim: int, num_prefix: int = 1, temperature: float = 5.0, target: float = 0.5) -> None:
+    input_dependent = True
+    stage_label = " MLP"
+
+    def __init__(self, *, dim: int, num_prefix: int = 1, temperature: float = 5.0, target: float = 0.5,
+                 weight: float = 2.0) -> None:
         super().__init__()
         self.gate = nn.Linear(dim, 1)
-        self.num_prefix, self.temperature, self.target = num_prefix, temperature, target
-        self.enabled = True  # False: every token runs the MLP (the "full-token pass" of self-distillation)
+        self.num_prefix, self.temperature, self.target, self.weight = num_prefix, temperature, target, weight
         self.mode: str | None = None
+        self.reset_parameters()
+
+    def set_mode(self, mode: str | None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
 
     def reset_parameters(self) -> None:
         # Small random gate: about half the tokens start active (the default target); `calibrate` sets any other
@@ -51,7 +100,7 @@ class TokenDispatcher(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, mlp: nn.Module, state: TokenState) -> tuple[torch.Tensor, TokenState]:
         """``x``: the residual stream (B, P + n, D) the gate reads; ``h``: the MLP's (normalised) input."""
-        if not self.enabled:
+        if state.full_tokens:
             return mlp(h), state
         p = self.num_prefix
         logits = self.gate(x[:, p:]).squeeze(-1).float()  # (B, n)
@@ -61,7 +110,7 @@ class TokenDispatcher(nn.Module):
             mask = (soft > 0.5).to(soft.dtype) + soft - soft.detach()  # straight-through
             full = F.pad(mask, (p, 0), value=1.0).to(h.dtype)
             out = mlp(h) * full[..., None]
-            state = state.record("activation", mask.mean(dim=1), self.target)
+            state = state.record(ActivationRate(mask.mean(dim=1), self.target, self.weight))
             keep = mask.detach() > 0.5
         else:
             keep = logits > 0
@@ -71,14 +120,14 @@ class TokenDispatcher(nn.Module):
             else:  # gather the active tokens of the whole batch, run the MLP on them only, scatter back
                 out = h.new_zeros(h.shape)
                 out[full] = mlp(h[full]).to(out.dtype)
-            state = state.record("activation", keep.float().mean(dim=1), self.target)
+            state = state.record(ActivationRate(keep.float().mean(dim=1), self.target, self.weight))
         return out, state.stage(torch.where(keep, state.ids, FUSED_TOKEN_ID))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, target={self.target}"
 
 
-class ThresholdPruner(nn.Module):
+class ThresholdPruner(Reducer):
     """AS-ViT's pruning stage in the reducer slot: head-importance-weighted class attention against a learnable
     threshold; each sample keeps the tokens scoring above it.
 
@@ -97,16 +146,24 @@ class ThresholdPruner(nn.Module):
     the budget loss target is ``keep_rate ** stage`` of the original tokens.
     """
 
+    input_dependent = True
+    reduces = True
+    stage_label = ""
+    rows = "cls"
+
     def __init__(self, *, keep_rate: float = 0.7, num_prefix: int = 1, num_tokens: int, stage: int = 1,
-                 temperature: float = 0.1, threshold: float = 0.5) -> None:
+                 temperature: float = 0.1, threshold: float = 0.5, weight: float = 2.0) -> None:
         super().__init__()
         # 1-D: DeepSpeed cannot broadcast a 0-D parameter.
         self.log_threshold = nn.Parameter(torch.full((1,), math.log(threshold)))
         self.keep_rate, self.num_prefix, self.num_tokens, self.stage = keep_rate, num_prefix, num_tokens, stage
-        self.temperature = temperature
-        self.rows = "cls" if num_prefix else "mean"
-        self.keys = False
+        self.temperature, self.weight = temperature, weight
         self.mode: str | None = None
+
+    def set_mode(self, mode: str | None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
 
     def scores(self, rows: torch.Tensor) -> torch.Tensor:
         """(B, H, P + n) class attention per head -> (B, n) log token scores."""
@@ -122,16 +179,16 @@ class ThresholdPruner(nn.Module):
         target = self.keep_rate**self.stage
         if self.training and self.mode is None:
             log_mask = prior + F.logsigmoid((scores - self.log_threshold) / self.temperature)
-            state = replace(state, key_bias=log_mask).record("budget", log_mask.exp().mean(dim=1), target)
+            state = replace(state, key_bias=log_mask).record(KeptFraction(log_mask.exp().mean(dim=1), target, self.weight))
             return x, state.stage(state.ids)
         keep = (scores > self.log_threshold) & (prior > float("-inf"))
         if self.mode == "mask":
             bias = prior.masked_fill(~keep, float("-inf"))
-            state = replace(state, key_bias=bias).record("budget", keep.float().mean(dim=1), target)
+            state = replace(state, key_bias=bias).record(KeptFraction(keep.float().mean(dim=1), target, self.weight))
             return x, state.stage(torch.where(keep, state.ids, FUSED_TOKEN_ID))
         kept_ratio = keep.float().sum(dim=1) / self.num_tokens
         x, state = pack_kept(x, state, keep, self.num_prefix)
-        return x, state.record("budget", kept_ratio, target)
+        return x, state.record(KeptFraction(kept_ratio, target, self.weight))
 
     def extra_repr(self) -> str:
         return f"keep_rate={self.keep_rate}, stage={self.stage}, temperature={self.temperature}"

@@ -1,16 +1,23 @@
-"""Registered variants, method presets and ``create_model``: the one way the rest of the project builds models."""
+"""Registered variants, specs and ``create_model``: the one way the rest of the project builds models.
+
+``make_spec`` resolves what to build (variant, pre-trained geometry, method options), ``build`` builds exactly a
+spec, ``create_model`` does both and loads a pre-trained backbone; ``load_backbone`` takes only the backbone of a
+file, whatever method wrote it."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ..fileio import atomic_open
-from .adapters import TRAINABLE_PREFIXES, mark_trainable
-from .convert import CheckpointError, adapt_to_model, to_video_st
+from ..errors import CheckpointError
+from .convert import Converted, adapt_to_model, to_video_st
+from .methods import SlotContext, get_method, mark_trainable, option_names
+from .spec import ModelSpec, save_model_file
 from .vit import VideoViT
 
 _log = logging.getLogger(__name__)
@@ -26,49 +33,68 @@ def register_variant(name: str, **defaults: Any) -> None:
 register_variant("vit_small_patch16", embed_dim=384, depth=12, num_heads=6)
 register_variant("vit_base_patch16", embed_dim=768, depth=12, num_heads=12)
 register_variant("vit_large_patch16", embed_dim=1024, depth=24, num_heads=16)
-# For tests and the CPU demo: 4 layers of width 64, 4 frames of 32 x 32 -> 2 x 4 x 4 = 32 tokens.
+# For tests and the CPU demo: 4 layers of width 64, 4 frames of 32 x 32 -> 2 x 4 x 4 = 32 tokens. Reducing
+# methods reduce at its layers 2 and 3 (the paper's relative positions would give 1, 2, 3 of 4: the first layer's
+# [CLS] attention has seen too little to rank tokens).
 register_variant(
-    "vit_tiny_test", embed_dim=64, depth=4, num_heads=4, patch_size=8, img_size=32, num_frames=4, num_classes=10
+    "vit_tiny_test", embed_dim=64, depth=4, num_heads=4, patch_size=8, img_size=32, num_frames=4, num_classes=10,
+    sparse_layers=(2, 3),
 )
 
-# What each method puts into the backbone's slots. Reducing methods prune at the paper's ViT-B layers (4, 7, 10
-# of 12) unless told otherwise, scaled to other depths by the same relative positions; the others ignore
-# sparse_layers. Bottlenecks and scales are the published defaults; trainable counts for ViT-B are checked
-# against the published figures in tests/test_peft.py.
-PAPER_SPARSE_LAYERS = (4, 7, 10)
-_ADAPTFORMER = {"adapter": "parallel", "adapter_bottleneck": 64, "adapter_scale": 0.1}
-METHODS: dict[str, dict[str, Any]] = {
-    "full": {"reducer": None},
-    "linear": {"reducer": None},
-    "adapter": {"reducer": None, "adapter": "sequential", "adapter_bottleneck": 64, "adapter_scale": 1.0},
-    "adaptformer": {"reducer": None, **_ADAPTFORMER},
-    "dense_adapter": {"reducer": None, "adapter": "dense", "adapter_bottleneck": 32, "adapter_scale": 1.0},
-    "sparse_tuning": {"reducer": "topk", "adapter": "dense", "adapter_bottleneck": 32, "adapter_scale": 1.0,
-                      "keep_rate": 0.7},
-    "lora": {"reducer": None, "lora_rank": 8},  # q and v, rank 8, scale 1 (alpha = rank)
-    "vpt": {"reducer": None, "num_prompts": 8},  # deep prompts; 8 per layer is the Sparse-Tuning Table 2 count
-    "bitfit": {"reducer": None},
-    # DyT: AdaptFormer's adapters on every token, a dispatcher per layer in front of the MLP (adapter="moe" for
-    # the MoE adapter, 4 experts).
-    "dyt": {"reducer": None, **_ADAPTFORMER, "dispatch": True, "dispatch_target": 0.5},
-    # AS-ViT in the PEFT setting of this project: the same adapters as DyT, thresholds at the reducing layers.
-    "asvit": {"reducer": "threshold", **_ADAPTFORMER, "keep_rate": 0.7},
-    "evit": {"reducer": "topk", "keep_rate": 0.7},
-    "tome": {"reducer": "tome", "keep_rate": 0.7},
-}
-assert set(METHODS) == set(TRAINABLE_PREFIXES), "every method needs a trainable set in adapters.py"
+_SIGNATURE = inspect.signature(VideoViT.__init__).parameters
+BACKBONE_KEYS = tuple(k for k in _SIGNATURE if k not in ("self", "slots"))
+VIDEO_VIT_DEFAULTS = {k: _SIGNATURE[k].default for k in BACKBONE_KEYS}
 
 
 def list_models() -> list[str]:
     return sorted(_VARIANTS)
 
 
-def list_methods() -> list[str]:
-    return sorted(METHODS)
+def model_keys() -> set[str]:
+    """Valid keys of a config's ``model`` section: create_model's own, the backbone's and every method option
+    (each method then accepts only its own options)."""
+    own = set(inspect.signature(create_model).parameters) - {"kwargs"}
+    return own | set(BACKBONE_KEYS) | option_names()
 
 
-def default_sparse_layers(depth: int) -> tuple[int, ...]:
-    return tuple(sorted({max(1, min(depth, round(i * depth / 12))) for i in PAPER_SPARSE_LAYERS}))
+def make_spec(arch: str, *, method: str = "full", geometry: dict[str, Any] | None = None,
+              classes: Sequence[str] | None = None, **kwargs: Any) -> ModelSpec:
+    """The complete spec of ``arch`` for ``method``: variant defaults < ``geometry`` (what pre-trained weights
+    fix) < ``kwargs``, which are backbone keyword arguments or options of ``method`` (anything else is an
+    error naming it)."""
+    if arch not in _VARIANTS:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(list_models())}")
+    record = get_method(method)
+    variant = _VARIANTS[arch]
+    backbone = {**VIDEO_VIT_DEFAULTS, **{k: v for k, v in variant.items() if k in BACKBONE_KEYS}, **(geometry or {})}
+    backbone.update({k: v for k, v in kwargs.items() if k in BACKBONE_KEYS})
+    # A variant may set defaults for method options (the tiny model's sparse layers): for the methods that take them.
+    options = {k: v for k, v in variant.items() if k not in BACKBONE_KEYS and k in record.options}
+    options.update({k: v for k, v in kwargs.items() if k not in BACKBONE_KEYS})
+    options = record.resolve(options, depth=backbone["depth"])
+    if classes is not None and backbone["num_classes"] != len(classes):
+        raise ValueError(f"num_classes={backbone['num_classes']} but {len(classes)} class names were given")
+    return ModelSpec(arch=arch, method=method, backbone=backbone, options=options,
+                     classes=None if classes is None else tuple(classes))
+
+
+def slot_context(backbone: dict[str, Any]) -> SlotContext:
+    t = backbone["num_frames"] // backbone["tubelet_size"]
+    side = backbone["img_size"] // backbone["patch_size"]
+    return SlotContext(dim=backbone["embed_dim"], depth=backbone["depth"], class_tokens=int(backbone["class_token"]),
+                       num_tokens=t * side * side, global_pool=backbone["global_pool"],
+                       patch_volume=backbone["in_chans"] * backbone["tubelet_size"] * backbone["patch_size"] ** 2)
+
+
+def build(spec: ModelSpec) -> VideoViT:
+    """Exactly the model ``spec`` describes (fresh weights), with what its method does not train frozen."""
+    record = get_method(spec.method)
+    backbone = dict(spec.backbone)
+    options = record.resolve(spec.options, depth=backbone["depth"])
+    model = VideoViT(**backbone, slots=record.build(slot_context(backbone), options))
+    mark_trainable(model, spec.method)
+    model.spec = spec
+    return model
 
 
 def create_model(
@@ -77,45 +103,34 @@ def create_model(
     method: str = "full",
     pretrained: str | os.PathLike | None = None,
     inflation: str = "central",
+    classes: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> VideoViT:
-    """Build ``arch`` for ``method``; load ``pretrained`` (any format ``tools/convert_checkpoint.py`` reads, or a
-    converted file) and freeze what the method does not train.
+    """Build ``arch`` for ``method``; load the backbone of ``pretrained`` (any format tools/convert_checkpoint.py
+    reads, or any file video_st wrote: only its backbone is taken, never its method's parts or head) and freeze
+    what the method does not train.
 
-    Keyword arguments are ``VideoViT``'s (``num_frames``, ``img_size``, ``tubelet_size``, ``num_classes``,
-    ``keep_rate``, ``sparse_layers``, ...). Precedence: variant defaults < what the checkpoint's weights fix
-    (e.g. no [CLS] token for VideoMAE) < method preset < your keyword arguments.
+    Keyword arguments are backbone arguments (``num_frames``, ``img_size``, ``tubelet_size``, ``num_classes``,
+    ...) or options of ``method`` (see :mod:`video_st.models.methods`; e.g. ``keep_rate``, ``sparse_layers``).
+    Precedence: variant defaults < what the checkpoint's weights fix (e.g. no [CLS] token for VideoMAE) < method
+    defaults < your keyword arguments.
     """
-    if arch not in _VARIANTS:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(list_models())}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(list_methods())}")
     converted = to_video_st(pretrained) if pretrained is not None else None
-    args: dict[str, Any] = dict(_VARIANTS[arch])
+    geometry = None
     if converted is not None:
-        # A converted file records its whole architecture; other sources only prove some of it, and a mismatch
-        # with the named variant means the wrong arch was asked for.
-        _check_arch(arch, {} if converted.source == "video_st" else args, converted.arch, kwargs)
-        args.update(converted.arch)
-    args.update(METHODS[method])
-    args.update(kwargs)
-    if args.get("reducer") is None:
-        if args.get("sparse_layers"):
-            _log.info("method %s reduces no tokens: sparse_layers=%s ignored (pass reducer= to add a reducer)",
-                      method, list(args["sparse_layers"]))
-        args["sparse_layers"] = ()
-    elif "sparse_layers" not in kwargs:
-        args["sparse_layers"] = default_sparse_layers(args.get("depth", 12))
-    if converted is not None and args.get("class_token", True) and not converted.arch.get("class_token", True):
-        raise CheckpointError(
-            f"{pretrained}: checkpoint has no [CLS] token; build with class_token=False and global_pool='avg' "
-            "(VideoMAE's own head; Sparse-Tuning then scores tokens by the mean query's attention)"
-        )
-    model = VideoViT(**args)
+        # The weights prove the width and depth: a mismatch with the named variant means the wrong arch was
+        # asked for (never a silent rebuild under the wrong name).
+        same_variant = converted.spec is not None and converted.spec.arch == arch  # its own (maybe resized) variant
+        _check_arch(arch, {} if same_variant else _VARIANTS.get(arch, {}), converted.arch, kwargs)
+        geometry = converted.arch
+        if kwargs.get("class_token") and not converted.arch.get("class_token", True):
+            raise CheckpointError(
+                f"{pretrained}: checkpoint has no [CLS] token; build with class_token=False and global_pool='avg' "
+                "(VideoMAE's own head; Sparse-Tuning then scores tokens by the mean query's attention)"
+            )
+    model = build(make_spec(arch, method=method, geometry=geometry, classes=classes, **kwargs))
     if converted is not None:
-        load_converted(model, converted.state_dict, inflation=inflation, origin=os.fspath(pretrained))
-    mark_trainable(model, method)
-    model.create_args = {"arch": arch, "method": method, **args}
+        load_backbone(model, converted, inflation=inflation, origin=os.fspath(pretrained))
     return model
 
 
@@ -126,22 +141,36 @@ def _check_arch(arch: str, variant: dict[str, Any], found: dict[str, Any], kwarg
             raise CheckpointError(f"checkpoint has {key}={found[key]} but {arch} has {key}={want}")
 
 
-# Parameters a checkpoint may lack: the new parts of a fine-tuning model.
-_NEW_PARAM_MARKERS = (".adapter.", ".lora_", ".dispatcher.", ".reducer.", "head.", "pos_embed_temporal", "fc_norm.",
-                      "prompts")
+# Backbone tensors a pre-trained checkpoint may lack: image and pre-training checkpoints have no temporal table
+# and (timm) no fc_norm; both start from their init.
+OPTIONAL_BACKBONE = ("pos_embed_temporal", "fc_norm.")
 
 
-def load_converted(
-    model: VideoViT, state_dict: dict[str, torch.Tensor], *, inflation: str = "central", origin: str = "checkpoint"
-) -> None:
-    """Load a VideoViT-named state dict after fitting its geometry; backbone keys may not be missing."""
-    sd = adapt_to_model(state_dict, model, inflation=inflation)
+def backbone_state(converted: Converted) -> dict[str, torch.Tensor]:
+    """The backbone tensors of a converted checkpoint. A trained video_st file's method parts (adapters, LoRA,
+    prompts, gates, thresholds) and its head are left out: seeding method B from method A's file takes the
+    backbone only. Foreign files and their conversions (content "backbone") keep their head, as timm does: a
+    fine-tuned VideoMAE's head is its classifier (``adapt_to_model`` drops a head of another size)."""
+    if converted.spec is None or converted.content == "backbone":
+        return dict(converted.state_dict)
+    with torch.device("meta"):  # the structure of the file's model, without allocating its weights
+        source = build(converted.spec)
+    method = tuple(f"{n}." for n in source.slot_module_names())
+    return {k: v for k, v in converted.state_dict.items() if not k.startswith(method) and not k.startswith("head.")}
+
+
+def load_backbone(model: VideoViT, converted: Converted, *, inflation: str = "central",
+                  origin: str = "checkpoint") -> None:
+    """Load a converted checkpoint's backbone after fitting its geometry; backbone tensors may not be missing."""
+    sd = adapt_to_model(backbone_state(converted), model, inflation=inflation)
     own = model.state_dict()
     for key in list(sd):
         if key in own and own[key].shape != sd[key].shape:
             raise CheckpointError(f"{origin}: {key} has shape {tuple(sd[key].shape)}, model expects {tuple(own[key].shape)}")
     result = model.load_state_dict(sd, strict=False)
-    missing = [k for k in result.missing_keys if not any(m in f".{k}" for m in _NEW_PARAM_MARKERS)]
+    method = tuple(f"{n}." for n in model.slot_module_names())
+    missing = [k for k in result.missing_keys
+               if not k.startswith(method) and not k.startswith(("head.", *OPTIONAL_BACKBONE))]
     if missing:
         raise CheckpointError(f"{origin}: backbone weights missing from checkpoint: {missing[:6]}{' ...' if len(missing) > 6 else ''}")
     if result.unexpected_keys:
@@ -158,9 +187,9 @@ def convert_checkpoint(
     inflation: str = "central",
     **model_kwargs: Any,
 ) -> dict[str, Any]:
-    """Convert ``src`` to a VideoViT file at the geometry of ``model_kwargs``; written atomically.
+    """Convert ``src`` to a video_st backbone file at the geometry of ``model_kwargs``; written atomically.
 
-    Returns the metadata stored with it (source format, architecture keyword arguments)."""
+    Returns the metadata stored with it (source format, spec)."""
     converted = to_video_st(src)
     kwargs = dict(model_kwargs)
     kwargs.setdefault("num_classes", converted.state_dict["head.weight"].shape[0] if "head.weight" in converted.state_dict else 0)
@@ -168,23 +197,8 @@ def convert_checkpoint(
         kwargs.setdefault("class_token", False)
         kwargs.setdefault("global_pool", "avg")
     model = create_model(arch or _guess_arch(converted.arch), pretrained=src, inflation=inflation, **kwargs)
-    return save_video_st(model.state_dict(), dst, create_args=model.create_args, source=converted.source,
-                         inflation=inflation)
-
-
-def save_video_st(state_dict: dict[str, torch.Tensor], dst: str | os.PathLike, *, create_args: dict[str, Any],
-                  **extra: Any) -> dict[str, Any]:
-    """Write ``{"state_dict", "video_st": meta}`` atomically: the file format every loader of the project reads
-    (``create_model(pretrained=...)``, tools/test_net.py). ``meta["arch"]`` holds the backbone's geometry only
-    (no method settings), so the file can seed any method; ``meta["create_args"]`` rebuilds the exact model."""
-    meta = {"source": "video_st", "arch_name": create_args["arch"], **extra}
-    meta["arch"] = {k: v for k, v in create_args.items()
-                    if k not in ("arch", "method", "sparse_layers", "keep_rate", "fuse", "dense_inputs")
-                    and not k.startswith("adapter")}
-    meta["create_args"] = dict(create_args)
-    with atomic_open(dst, "wb") as f:
-        torch.save({"state_dict": state_dict, "video_st": meta}, f)
-    return meta
+    return save_model_file(dst, model.state_dict(), spec=model.spec, content="backbone", source=converted.source,
+                           inflation=inflation)
 
 
 def _guess_arch(found: dict[str, Any]) -> str:

@@ -78,6 +78,50 @@ class LoRA(nn.Module):
         return (self.up.weight @ self.down.weight) * self.scale
 
 
+class QKVUpdate(nn.Module):
+    """The attention's update slot: ``(x, qkv) -> qkv`` after the frozen qkv projection; the default adds nothing.
+
+    A method that adapts the attention weights (LoRA) fills it; ``merge_into`` folds the update into the
+    projection's weight for inference, after which the slot does nothing again."""
+
+    def forward(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        return qkv
+
+    @property
+    def mergeable(self) -> bool:
+        return False
+
+    def merge_into(self, qkv: nn.Linear) -> None:
+        return None
+
+
+class LoRAQV(QKVUpdate):
+    """LoRA on the query and value projections (the original paper's choice), beside the frozen qkv."""
+
+    def __init__(self, *, dim: int, rank: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.q = LoRA(dim_in=dim, dim_out=dim, rank=rank, scale=scale)
+        self.v = LoRA(dim_in=dim, dim_out=dim, rank=rank, scale=scale)
+        self.dim = dim
+
+    def reset_parameters(self) -> None:
+        self.q.reset_parameters()
+        self.v.reset_parameters()
+
+    def forward(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        d = self.dim
+        return torch.cat([qkv[..., :d] + self.q(x), qkv[..., d : 2 * d], qkv[..., 2 * d :] + self.v(x)], -1)
+
+    @property
+    def mergeable(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def merge_into(self, qkv: nn.Linear) -> None:
+        qkv.weight[: self.dim] += self.q.delta_weight()
+        qkv.weight[2 * self.dim :] += self.v.delta_weight()
+
+
 class AttnInfo(NamedTuple):
     """What a token reducer may ask the attention for, beside its output."""
 
@@ -102,8 +146,7 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        lora_rank: int = 0,
-        lora_scale: float = 1.0,
+        qkv_update: QKVUpdate | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -115,19 +158,14 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        # LoRA on the query and value projections (the original paper's choice), applied beside the frozen qkv.
-        self.lora_q = LoRA(dim_in=dim, dim_out=dim, rank=lora_rank, scale=lora_scale) if lora_rank else None
-        self.lora_v = LoRA(dim_in=dim, dim_out=dim, rank=lora_rank, scale=lora_scale) if lora_rank else None
+        self.lora = qkv_update if qkv_update is not None else QKVUpdate()  # the update slot (LoRA)
 
-    @torch.no_grad()
-    def merge_lora(self) -> None:
-        """Fold the LoRA updates into qkv's weight and drop them: inference costs what the backbone costs."""
-        if self.lora_q is None:
-            return
-        dim = self.proj.in_features
-        self.qkv.weight[:dim] += self.lora_q.delta_weight()
-        self.qkv.weight[2 * dim :] += self.lora_v.delta_weight()
-        self.lora_q = self.lora_v = None
+    def merge_update(self) -> None:
+        """Fold a mergeable update (LoRA) into qkv's weight and empty the slot: inference then costs what the
+        backbone costs."""
+        if self.lora.mergeable:
+            self.lora.merge_into(self.qkv)
+            self.lora = QKVUpdate()
 
     def forward(
         self,
@@ -139,10 +177,7 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, AttnInfo]:
         """Returns ``(output, info)``; ``info.rows`` is filled when ``rows`` is "cls" or "mean", ``info.keys``
         when ``keys`` is true."""
-        qkv = self.qkv(x)
-        if self.lora_q is not None:
-            dim = self.proj.in_features
-            qkv = torch.cat([qkv[..., :dim] + self.lora_q(x), qkv[..., dim : 2 * dim], qkv[..., 2 * dim :] + self.lora_v(x)], -1)
+        qkv = self.lora(x, self.qkv(x))
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         bias = None if key_bias is None else key_bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, N) over queries
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)

@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .layers import AttnInfo
+from .slots import Reducer
 
 FUSE_MODES = ("mean", "sum")
 FUSED_TOKEN_ID = -1  # id of a fused token in the kept-token index maps (it has no place in the original grid)
@@ -41,7 +41,7 @@ class TokenState:
     history: tuple = ()  # Dense Adapter states of earlier layers (see adapters.DenseAdapter), oldest first
     sizes: torch.Tensor | None = None  # (B, n) original tokens merged into each (ToMe)
     key_bias: torch.Tensor | None = None  # (B, n) attention-logit bias per key: log-masks, -inf for padding
-    aux: tuple = ()  # (kind, (B,) tensor, target) records for the method's auxiliary loss
+    aux: tuple = ()  # records of the method's loss terms (dispatch.ActivationRate, dispatch.KeptFraction)
     kept: tuple = ()  # ids after each reduction / dispatch stage, for visualisation and token counting
     full_tokens: bool = False  # DyT's full-token pass (self-distillation teacher): dispatchers let all through
 
@@ -53,8 +53,8 @@ class TokenState:
             bias = log_sizes if bias is None else bias + log_sizes
         return None if bias is None else F.pad(bias, (num_prefix, 0))
 
-    def record(self, kind: str, value: torch.Tensor, target: float) -> "TokenState":
-        return replace(self, aux=(*self.aux, (kind, value, target)))
+    def record(self, item: object) -> "TokenState":
+        return replace(self, aux=(*self.aux, item))
 
     def with_history(self, history: tuple) -> "TokenState":
         return replace(self, history=history)
@@ -155,17 +155,23 @@ class KeepRateWarmup:
         return tuple(self.start + (t - self.start) * progress for t in self.target)
 
 
-class TopKFuse(nn.Module):
+class TopKFuse(Reducer):
     """Sparse-Tuning's Token Sparsification step (and EViT's): keep the top tokens by [CLS] attention, fuse the
     rest into one token. Parameter-free; ``keep_rate`` is set by the model (and by keep-rate schedules)."""
 
-    def __init__(self, *, keep_rate: float = 0.7, fuse: str = "mean", num_prefix: int = 1) -> None:
+    reduces = True
+    stage_label = ""
+
+    def __init__(self, *, keep_rate: float = 0.7, fuse: str = "mean", num_prefix: int = 1, class_token: bool = True) -> None:
         super().__init__()
         if fuse not in FUSE_MODES:
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {fuse!r}")
         self.keep_rate, self.fuse, self.num_prefix = keep_rate, fuse, num_prefix
-        self.rows = "cls" if num_prefix else "mean"
-        self.keys = False
+        self.rows = "cls" if class_token else "mean"
+
+    def tokens_after(self, n: int) -> int:
+        k = keep_count(n, self.keep_rate)
+        return k + 1 if k < n else n  # the kept tokens and the fused one, if any token was dropped
 
     def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
         scores = info.rows.mean(dim=1)[:, self.num_prefix :]  # mean over heads, non-prefix keys
@@ -211,6 +217,11 @@ class Merge:
         return replace(state, ids=ids, history=history, sizes=self.new_sizes).stage(ids)
 
 
+def merge_count(n: int, keep_rate: float) -> int:
+    """Tokens one ToMe step merges away: ``n - ceil(keep_rate * n)``, at most half (one bipartite step)."""
+    return min(n - keep_count(n, keep_rate), (n + 1) // 2)
+
+
 def plan_merge(metric: torch.Tensor, sizes: torch.Tensor, *, keep_rate: float, num_prefix: int) -> Merge:
     """Bipartite soft matching (Bolya et al., ToMe): split the non-prefix tokens alternately into sets A and B,
     join each A token to its most similar B token (cosine of the keys), and merge the ``r`` best-matched A tokens.
@@ -219,7 +230,7 @@ def plan_merge(metric: torch.Tensor, sizes: torch.Tensor, *, keep_rate: float, n
     a ToMe stage keeps as many tokens as a top-k stage of the same rate keeps plus its fused token, or one less.
     """
     n = int(metric.shape[1])
-    r = min(n - keep_count(n, keep_rate), (n + 1) // 2)
+    r = merge_count(n, keep_rate)
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     a, b = metric[:, ::2], metric[:, 1::2]
     if r == 0 or b.shape[1] == 0:
@@ -235,15 +246,20 @@ def plan_merge(metric: torch.Tensor, sizes: torch.Tensor, *, keep_rate: float, n
     return Merge(num_prefix=num_prefix, keep_idx=keep_idx, src_idx=src_idx, dst_idx=dst_idx, sizes=sizes)
 
 
-class ToMeMerge(nn.Module):
+class ToMeMerge(Reducer):
     """ToMe as a reducer in the same slot as :class:`TopKFuse`: merge tokens by key similarity, track how many
     tokens each one stands for, and weight attention by it (proportional attention)."""
+
+    reduces = True
+    stage_label = ""
+    keys = True
 
     def __init__(self, *, keep_rate: float = 0.7, num_prefix: int = 1) -> None:
         super().__init__()
         self.keep_rate, self.num_prefix = keep_rate, num_prefix
-        self.rows = None
-        self.keys = True
+
+    def tokens_after(self, n: int) -> int:
+        return n - merge_count(n, self.keep_rate)
 
     def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
         sizes = state.sizes if state.sizes is not None else x.new_ones(state.ids.shape, dtype=torch.float32)
