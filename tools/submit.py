@@ -94,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_config_args(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from video_st.config import ConfigError, load_config
+    from video_st.config import load_config
+    from video_st.errors import VideoSTError
 
     try:
         cfg = load_config(args.config, args.overrides)  # validated here, before anything is queued
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+    except VideoSTError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     config = [os.path.abspath(c) for c in args.config] if args.config else None
     executor = _executor(args, os.path.abspath(cfg.output_dir), f"video_st_{args.what}")

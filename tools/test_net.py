@@ -37,19 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     from video_st.engine.logs import setup_logging
     from video_st.engine.report import format_summary
     from video_st.engine.testing import run_test
-    from video_st.errors import VideoSTError
+    from video_st.errors import run_tool
 
     rank = setup_logging()
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        summary = run_test(cfg, args.checkpoint, args.output)
-    except VideoSTError as err:  # ConfigError, CheckpointError, AnnotationError ...
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if rank == "0":
-        print(format_summary(summary))
-    return 0
+    def test() -> int:
+        summary = run_test(load_config(args.config, args.overrides), args.checkpoint, args.output)
+        if rank == "0":
+            print(format_summary(summary))
+        return 0
+
+    return run_tool(test, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -32,16 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from video_st.engine.logs import setup_logging
     from video_st.engine.train import train
-    from video_st.errors import VideoSTError
+    from video_st.errors import run_tool
 
     setup_logging()
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-        return train(cfg)
-    except VideoSTError as err:  # ConfigError, CheckpointError, AnnotationError ...
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_tool(lambda: train(load_config(args.config, args.overrides)), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,9 @@ class OptimConfig:
 @dataclass
 class EngineConfig:
     kind: str = "deepspeed"  # deepspeed | ddp (DistributedDataParallel + torch.amp, same loop)
-    precision: str = "bf16"  # bf16 | fp16 (dynamic loss scaling) | fp32; on a CPU-only machine bf16/fp16 -> fp32
+    # bf16 | fp16 (dynamic loss scaling) | fp32, in both engines as asked: bf16 also runs on a CPU (slower than
+    # fp32 there, but it is what the GPU run will do); fp16 needs a GPU and is refused on a CPU.
+    precision: str = "bf16"
     zero_stage: int = 0  # 0 | 1 | 2
     device: str = "auto"  # auto (cuda when present) | cuda | cpu
     seed: int = 0
@@ -333,6 +335,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, overrides_help: str = 
                         help="YAML file(s) over the typed defaults (video_st/config.py), merged left to right, e.g. "
                              "configs/datasets/k400.yaml configs/methods/sparse_tuning.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
+    parser.add_argument("-v", "--verbose", action="store_true", help="a traceback with every error line")
 
 
 def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:

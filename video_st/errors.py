@@ -6,6 +6,11 @@ code 2; anything else that escapes is a bug and keeps its traceback. Messages na
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
 
 class VideoSTError(Exception):
     """An expected failure; the message is the whole story, for one line."""
@@ -13,3 +18,22 @@ class VideoSTError(Exception):
 
 class CheckpointError(VideoSTError, ValueError):
     """A checkpoint that cannot be read, converted or used as asked; the message names the file and the cause."""
+
+
+def is_rank_zero() -> bool:
+    """Rank 0 of a torchrun / deepspeed / srun launch, or a process started alone."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID"))
+
+
+def run_tool(main: Callable[[], int], *, verbose: bool = False) -> int:
+    """A tool's boundary: ``main()``'s exit code, or for an expected failure one ``error: ...`` line on stderr
+    (rank 0 only: every rank meets the same bad input) and exit code 2. ``verbose`` adds the traceback. Anything
+    else propagates with its traceback: it is a bug."""
+    try:
+        return main()
+    except VideoSTError as err:
+        if is_rank_zero():
+            print(f"error: {err}", file=sys.stderr)
+            if verbose:
+                traceback.print_exc()
+        return 2

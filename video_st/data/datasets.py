@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import VideoSTError
 from ..fileio import write_atomic
 from .annotations import (  # noqa: F401  (re-exported: the dataset API in one place)
     AnnotationError,
@@ -38,29 +40,46 @@ from .sampling import train_indices, view_indices
 
 _log = logging.getLogger(__name__)
 
-class MissingVideosError(FileNotFoundError):
+class MissingVideosError(VideoSTError, FileNotFoundError):
+    """Videos an annotation file lists that do not exist: one line with the count, the first few, and the file
+    that lists them all (written to the temporary folder: nothing of the run exists yet)."""
+
     def __init__(self, missing: Sequence[str], source: str) -> None:
         self.missing = list(missing)
-        shown = "\n  ".join(self.missing[:20])
-        more = f"\n  ... and {len(self.missing) - 20} more" if len(self.missing) > 20 else ""
-        super().__init__(f"{len(self.missing)} videos of {source} are missing:\n  {shown}{more}")
+        with tempfile.NamedTemporaryFile("w", prefix="video_st-missing-", suffix=".txt", delete=False) as f:
+            f.write("".join(f"{path}\n" for path in self.missing))
+            self.list_file = f.name
+        shown = ", ".join(self.missing[:3])
+        more = f" and {len(self.missing) - 3} more" if len(self.missing) > 3 else ""
+        super().__init__(f"{len(self.missing)} videos of {source} are missing: {shown}{more} (full list: "
+                         f"{self.list_file}); check data.root, or data.missing=skip to leave them out")
 
 
 def check_files(records: Sequence[VideoRecord], *, source: str, missing: str = "error",
                 invalid_list: str | os.PathLike | None = None) -> list[VideoRecord]:
-    """Find every missing (or scan-listed invalid) file at once; raise listing them all, or drop them."""
+    """Find every missing file at once and raise listing them (``missing="error"``) or drop them (``"skip"``).
+
+    Videos in ``invalid_list`` (the ``invalid.txt`` of ``tools/preprocess.py scan``) are excluded whatever
+    ``missing`` says: the scan found them unreadable, which is why the list is given."""
     if missing not in ("error", "skip"):
         raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
     invalid: set[str] = set()
     if invalid_list is not None:
+        if not os.path.isfile(invalid_list):
+            raise AnnotationError(invalid_list, "-", "no such file (the scan's invalid-video list)")
         with open(invalid_list) as f:
             invalid = {line.split("\t")[0].strip() for line in f if line.strip()}
-    gone = [r.path for r in records if r.path in invalid or not os.path.exists(r.path)]
+    excluded = [r.path for r in records if r.path in invalid]
+    if excluded:
+        _log.warning("%s: excluding %d videos the scan found unreadable (%s; first: %s)", source, len(excluded),
+                     invalid_list, excluded[0])
+        records = [r for r in records if r.path not in invalid]
+    gone = [r.path for r in records if not os.path.exists(r.path)]
     if not gone:
         return list(records)
     if missing == "error":
         raise MissingVideosError(gone, source)
-    _log.warning("%s: skipping %d missing or invalid videos (first: %s)", source, len(gone), gone[0])
+    _log.warning("%s: skipping %d missing videos (first: %s)", source, len(gone), gone[0])
     bad = set(gone)
     return [r for r in records if r.path not in bad]
 

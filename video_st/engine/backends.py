@@ -74,9 +74,16 @@ class DeepSpeedBackend:
     def step(self) -> float | None:
         """Optimizer step at an accumulation boundary (DeepSpeed counts micro-steps itself); the global gradient
         norm before clipping where DeepSpeed computed one."""
+        own = None
+        if self.boundary() and self.config["zero_optimization"]["stage"] == 0 and not (
+                self.config["bf16"]["enabled"] or self.config["fp16"]["enabled"]):
+            # fp32 without ZeRO: DeepSpeed steps torch's optimizer directly and keeps no norm (its clipping too
+            # computes one and drops it); the gradients are all-reduced on the parameters by now.
+            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+            own = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return None if norm is None else float(norm)
+        return own if norm is None else float(norm)
 
     def loss_scale(self) -> float | None:
         return float(self.optimizer.cur_scale) if self.config["fp16"]["enabled"] else None

@@ -56,9 +56,17 @@ def build_model(cfg: DictConfig, *, classes: list[str] | None = None, for_traini
 
 
 def split_file(cfg: DictConfig, split: str) -> str:
-    path = cfg.data[split] or (cfg.data.val if split == "test" else "")
+    """The annotation file of ``split`` (the test split defaults to data.val), checked to exist."""
+    key = split if cfg.data[split] or split != "test" else "val"
+    path = cfg.data[key]
     if not path:
-        raise ConfigError(f"data.{split} is empty: give the annotation file of the {split} split")
+        raise ConfigError(f"data.{key} is empty: give the annotation file of the {split} split")
+    if not os.path.isfile(path):
+        raise ConfigError(f"data.{key}={path}: no such file")
+    if cfg.data.root and not os.path.isdir(cfg.data.root):
+        raise ConfigError(f"data.root={cfg.data.root}: no such folder")
+    if cfg.data.labels and not os.path.isfile(cfg.data.labels):
+        raise ConfigError(f"data.labels={cfg.data.labels}: no such file")
     return path
 
 

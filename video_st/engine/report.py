@@ -113,4 +113,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"GFLOPs per view {summary['gflops_per_view']:.3f}, per video {summary['gflops_per_video']:.3f}; "
         f"{summary['clips_per_s']:.1f} views/s over {summary['world_size']} process(es)",
     ]
+    if summary.get("test_time_changes"):
+        lines.append(f"changed at test on purpose: {summary['test_time_changes']}")
+    if summary.get("results"):
+        lines.append(f"results in {summary['results']} ({summary.get('method', '?')} model of {summary['checkpoint']})")
     return "\n".join(lines)

@@ -141,9 +141,10 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkp
         "gflops_per_video": gflops * views, "clips_per_s": float(views_done.item() / max(slowest.item(), 1e-9)),
         "world_size": env.world_size, "test_file": cfg.data.test or cfg.data.val,
         **{key: sum(values) / len(values) for key, values in token_stats.items()},  # this rank's batch means
+        "results": out_dir or os.path.join(cfg.output_dir, "test"),
     }
     if env.is_main:
-        out = out_dir or os.path.join(cfg.output_dir, "test")
+        out = summary["results"]
         write_report(out, pred=merged, result=result, summary=summary, video_ids=[r.video_id for r in records],
                      paths=[r.path for r in records], class_names=names)
         _log.info("multi-view test of %s (%s): results in %s", path, loaded.kind, out)

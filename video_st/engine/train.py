@@ -76,15 +76,14 @@ class Trainer:
         if cfg.engine.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.engine.seed, env.rank)
-        if main:
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            save_config(cfg, output_path(cfg, "config.yaml"))
-        self.log = RunLog(cfg.output_dir, enabled=main, tensorboard=cfg.log.tensorboard)
-
+        # Everything the run needs is checked before any output exists: a run that cannot start leaves nothing.
+        if device.type == "cpu" and cfg.engine.precision == "fp16":
+            raise ConfigError("engine.precision=fp16 needs a GPU (neither DeepSpeed nor torch's CPU autocast trains "
+                              "in fp16 on a CPU); use bf16 or fp32")
+        if cfg.checkpoint.resume not in ("auto", "none") and not os.path.isdir(cfg.checkpoint.resume):
+            raise ConfigError(f"checkpoint.resume={cfg.checkpoint.resume}: no such checkpoint folder")
         train_records, self.class_names = read_split(cfg, "train")
         val_records, _ = read_split(cfg, "val", self.class_names)
-        if main:
-            save_class_names(self.class_names, output_path(cfg, "classes.json"))
         if cfg.model.get("num_classes") not in (None, len(self.class_names)):
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {cfg.data.train} has "
                               f"{len(self.class_names)} classes")
@@ -106,6 +105,11 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"{len(train_records)} training videos make no optimizer step of global batch "
                               f"{global_batch}")
+        if main:
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            save_config(cfg, output_path(cfg, "config.yaml"))
+            save_class_names(self.class_names, output_path(cfg, "classes.json"))
+        self.log = RunLog(cfg.output_dir, enabled=main, tensorboard=cfg.log.tensorboard)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
         if cfg.engine.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.engine.max_steps)
@@ -212,6 +216,12 @@ class Trainer:
             if self.env.is_main and os.path.exists(marker):
                 os.remove(marker)
             self.resume()
+            final = output_path(self.cfg, "model_final.pt")
+            if self.step >= self.total_steps and os.path.exists(final):
+                _log.warning("%s already holds a finished run (step %d of %d; %s): nothing to do. To start fresh, "
+                             "use another output_dir or checkpoint.resume=none", self.cfg.output_dir, self.step,
+                             self.total_steps, final)
+                return 0
             while self.step < self.total_steps:
                 if self._train_epoch(stop):
                     self.save()
@@ -233,7 +243,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, skip=self.micro_done * cfg.data.batch_size)
         self.backend.train()
         progress = Progress(total=self.steps_per_epoch, initial=self.micro_done // self.accumulation,
-                            enabled=self.env.is_main and cfg.log.progress, desc=f"epoch {self.epoch}")
+                            enabled=self.env.is_main and cfg.log.progress, desc=f"epoch {self.epoch + 1}")
         window_loss, window_clips, window_start = 0.0, 0, time.perf_counter()
         try:
             for batch in self.train_loader:
@@ -380,6 +390,10 @@ class Trainer:
             _log.warning("%d unreadable training videos were replaced (list: %s)", len(self.bad_files.seen),
                          output_path(self.cfg, "bad_files.txt"))
         self.log.write("done", self.step, best_val_top1=self.best, bad_files=len(self.bad_files.seen))
+        best = self.checkpoints.best()
+        _log.info("training finished at step %d: best single-view val top-1 %.4f (%s); outputs in %s: "
+                  "model_final.pt, trainable_final.pt, log.jsonl, checkpoints/", self.step, self.best,
+                  best.get("tag", "no best checkpoint"), self.cfg.output_dir)
         distributed.barrier()
 
 
