@@ -4,7 +4,8 @@
 # dataset file and the method file of METHOD: configs/datasets/$DATASET.yaml configs/methods/$METHOD.yaml.
 #
 # Preemption and time limits: Slurm sends USR1 to this batch shell (--signal=B:USR1@...); the trap forwards it to
-# the srun step, whose ranks save a checkpoint at the next step boundary and exit with 75; the job then requeues
+# the srun step, whose ranks save a checkpoint at the next step boundary and exit with EXIT_REQUEUE (75, defined
+# in video_st/engine/requeue.py); the job then requeues
 # itself, and the requeued job (same job id, same OUTPUT_DIR) resumes from that checkpoint (checkpoint.resume=auto).
 # A job that finished training does not requeue.
 
@@ -38,20 +39,18 @@ fi
 read -r -a extra <<< "${EXTRA:-}"
 overrides+=(${extra[@]+"${extra[@]}"})
 
-# Rendezvous for every srun task: the first node of the allocation and a port derived from the job id and the
-# restart count (video_st/engine/distributed.py computes the same when these are unset). A requeued job gets a
-# new port: the previous run's store socket may still hold the old one.
+# Rendezvous: every srun task computes it from Slurm's variables (video_st/engine/distributed.py: the first node
+# of the allocation, a port from the job id and the restart count, new after each requeue because the previous
+# run's store socket may still hold the old one). srun assigns the ranks (SLURM_PROCID ...); launcher variables
+# exported from the submitting shell (sbatch copies its environment) would override that.
 RESTART="${SLURM_RESTART_COUNT:-0}"
-MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
-MASTER_PORT="$((20000 + (JOB_ID * 10 + RESTART) % 20000))"
-export MASTER_ADDR MASTER_PORT
-# srun assigns the ranks (SLURM_PROCID ...); a RANK / WORLD_SIZE exported from the submitting shell (sbatch copies
-# its environment) would make every task believe it is rank 0 of its own world.
-unset RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE
+unset RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT
+# The requeue exit code and marker file, as the training defines them.
+eval "$("$PYTHON" -m video_st.engine.requeue)"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 
 echo "$(date -Is) job $JOB_ID restart $RESTART on ${SLURM_JOB_NODELIST}: ${SLURM_NTASKS:-1} tasks," \
-     "config $CONFIG, output $OUTPUT_DIR, rendezvous $MASTER_ADDR:$MASTER_PORT"
+     "config $CONFIG, output $OUTPUT_DIR"
 
 step_pid=""
 forward_stop() {
@@ -60,7 +59,7 @@ forward_stop() {
 }
 trap forward_stop USR1 TERM
 
-rm -f "$OUTPUT_DIR/stopped_for_requeue.json"  # only this run's stop may requeue it
+rm -f "$OUTPUT_DIR/$REQUEUE_MARKER"  # only this run's stop may requeue it
 srun --kill-on-bad-exit=1 "$PYTHON" tools/train_net.py --config "${configs[@]}" "${overrides[@]}" &
 step_pid=$!
 # `wait` returns early when a trapped signal arrives; keep waiting until the step itself has ended.
@@ -70,8 +69,8 @@ while true; do
   kill -0 "$step_pid" 2>/dev/null || break
 done
 
-# 75, or the marker file: srun may report another code when it killed the ranks that were still exiting.
-if [[ $rc -eq 75 || -f "$OUTPUT_DIR/stopped_for_requeue.json" ]]; then
+# The requeue code, or the marker file: srun may report another code when it killed the ranks still exiting.
+if [[ $rc -eq $EXIT_REQUEUE || -f "$OUTPUT_DIR/$REQUEUE_MARKER" ]]; then
   echo "$(date -Is) training stopped at a checkpoint: requeueing job $JOB_ID"
   scontrol requeue "$JOB_ID"
   exit 0

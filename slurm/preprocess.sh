@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One preprocessing shard per array task (tools/preprocess.py; video_st/data/preprocess.py has the details).
+# One preprocessing shard per array task (tools/preprocess.py; video_st/preprocess/run.py has the details).
 #
 #   SUBCOMMAND=resize INPUT=/data/k400/train.csv OUTPUT=/data/k400_320 EXTRA="--root /data/k400" \
 #       sbatch slurm/preprocess.sh

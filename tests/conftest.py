@@ -79,7 +79,7 @@ def tiny_k400(tmp_path_factory):
     """A small generated K400-style set (4 classes, 4 train + 2 val videos each, 16 frames at 66 x 88) with two
     planted corrupt videos (seed 1: an empty training file, a truncated validation file): the data of the engine
     and test-tool tests."""
-    from video_st.data.synthetic import make_k400_style
+    from video_st.synthetic.datasets import make_k400_style
 
     root = tmp_path_factory.mktemp("k400")
     summary = make_k400_style(root, num_classes=4, train_per_class=4, val_per_class=2, num_frames=16, seed=1,

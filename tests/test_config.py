@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from video_st.config import ConfigError, add_config_arguments, load_config, parse_config_args, save_config
+from video_st.errors import ConfigError
+from video_st.config import add_config_arguments, load_config, parse_config_args, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"

@@ -8,21 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from video_st.data.datasets import (
+from video_st.data.annotations import (
     AnnotationError,
-    BadFileLog,
-    ClipSpec,
-    MissingVideosError,
-    VideoClipDataset,
     VideoRecord,
-    check_files,
-    eval_collate,
-    make_loader,
     read_frame_list,
     read_k400_csv,
     read_path_label_list,
     read_ssv2,
     save_class_names,
+)
+from video_st.data.sampling import ClipSpec
+from video_st.data.datasets import (
+    BadFileLog,
+    MissingVideosError,
+    VideoClipDataset,
+    check_files,
+    eval_collate,
+    make_loader,
 )
 from video_st.data.transforms import EvalTransform, TrainTransform, make_mixup, spatial_crop, to_video
 

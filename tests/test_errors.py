@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from video_st import create_model
 from video_st.data.datasets import MissingVideosError, check_files

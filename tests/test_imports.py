@@ -6,12 +6,20 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "video_st"
 
 # module prefix -> top-level names it may not import (project subpackages or third-party libraries)
+TOOLS_ONLY = {"video_st.bench", "video_st.viz"}  # measurement and drawing: imported by tools (and tests) only
 FORBIDDEN = {
     "video_st.models.layers": {"video_st.data", "video_st.engine", "video_st.config", "deepspeed", "timm", "transformers", "video_st.models.vit"},
     "video_st.models.sparsify": {"video_st.data", "video_st.engine", "video_st.config", "deepspeed", "timm", "transformers", "video_st.models.vit"},
-    "video_st.models": {"video_st.data", "video_st.engine", "video_st.config", "video_st.profiling", "deepspeed"},
-    "video_st.data": {"video_st.models", "video_st.engine", "deepspeed"},
-    "video_st.profiling": {"deepspeed", "video_st.engine", "video_st.data"},
+    "video_st.models": {"video_st.data", "video_st.engine", "video_st.config", "video_st.preprocess", "video_st.synthetic",
+                        "deepspeed", *TOOLS_ONLY},
+    "video_st.data": {"video_st.models", "video_st.engine", "video_st.preprocess", "video_st.synthetic", "deepspeed",
+                      *TOOLS_ONLY},
+    "video_st.preprocess": {"video_st.models", "video_st.engine", "video_st.synthetic", "deepspeed", *TOOLS_ONLY},
+    "video_st.synthetic": {"video_st.models", "video_st.engine", "video_st.preprocess", "deepspeed", *TOOLS_ONLY},
+    "video_st.engine": {"video_st.preprocess", "video_st.synthetic", *TOOLS_ONLY},
+    "video_st.config": {"video_st.engine", "video_st.data", "video_st.preprocess", "video_st.synthetic", *TOOLS_ONLY},
+    "video_st.bench": {"deepspeed", "video_st.viz"},
+    "video_st.viz": {"deepspeed", "video_st.bench"},
 }
 ALLOWED_THIRD_PARTY_IN_LOW_LAYERS = {"torch", "einops", "__future__", "math", "collections", "dataclasses", "typing"}
 

@@ -8,7 +8,7 @@ import torch
 
 from video_st import create_model
 from video_st.models.adapters import MoEAdapter
-from video_st.models.dispatch import calibrate
+from video_st.models.calibrate import calibrate
 from video_st.models.flops import count_flops
 
 from .conftest import tiny_clip
@@ -125,15 +125,13 @@ def test_tome_merges_to_the_planned_count_with_sizes_and_ids():
 def test_tome_merge_is_a_size_weighted_average():
     from video_st.models.sparsify import plan_merge
 
-    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]])  # 0 ~ 1, 2 ~ 3
+    # 0 ~ 1 (cosine 0.995) is the closer pair than 2 ~ 3 (0.96): one merge takes token 0 into token 1.
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.3, 1.0]]])
     plan = plan_merge(metric, torch.tensor([[1.0, 3.0, 1.0, 1.0]]), keep_rate=0.75, num_prefix=0)
     x = torch.tensor([[[0.0], [4.0], [10.0], [20.0]]])
-    assert plan.src_idx.tolist() == [[0]] or plan.src_idx.tolist() == [[2]]
-    out = plan.apply(x)
-    if plan.src_idx.tolist() == [[0]]:  # token 0 (size 1) into token 1 (size 3): (0 + 3 * 4) / 4
-        assert out.flatten().tolist() == [3.0, 10.0, 20.0] and plan.new_sizes.tolist() == [[4.0, 1.0, 1.0]]
-    else:
-        assert out.flatten().tolist() == [0.0, 4.0, 15.0]
+    assert plan.src_idx.tolist() == [[0]] and plan.dst_idx.tolist() == [[1]]
+    out = plan.apply(x)  # token 0 (size 1) into token 1 (size 3): (0 + 3 * 4) / 4
+    assert out.flatten().tolist() == [3.0, 10.0, 20.0] and plan.new_sizes.tolist() == [[4.0, 1.0, 1.0]]
 
 
 def test_dyt_inference_computes_only_the_active_tokens():
@@ -202,7 +200,12 @@ def test_dyt_self_distillation_adds_the_full_token_pass():
     logits, terms = model(tiny_clip(), return_terms=True)
     losses = terms.with_task(lambda s: torch.nn.functional.cross_entropy(s, labels))
     assert set(losses) == {"activation", "full_token", "distill"}
-    assert losses["distill"] >= 0 and terms.teacher.shape == logits.shape
+    # distill_weight x KL(teacher || student) with the teacher detached, by hand:
+    p_teacher = terms.teacher.detach().softmax(-1)
+    kl = (p_teacher * (p_teacher.log() - logits.log_softmax(-1))).sum(-1).mean()
+    torch.testing.assert_close(losses["distill"], kl, rtol=1e-5, atol=1e-6)
+    assert losses["distill"] > 0  # the dynamic pass skips MLPs the full-token pass runs
+    torch.testing.assert_close(losses["full_token"], torch.nn.functional.cross_entropy(terms.teacher, labels))
     model.eval()
     assert model(tiny_clip(), return_terms=True)[1].teacher is None  # inference runs the dynamic pass only
 
@@ -233,11 +236,11 @@ def test_vit_b_trainable_counts_match_the_published_figures():
         return sum(p.numel() for p in model.parameters() if p.requires_grad) - extra
 
     dispatchers = 12 * (768 + 1)
-    assert count("adapter") == 1_189_632 and round(1_189_632 / 1e6, 2) == 1.19
-    assert count("vpt") == 73_728 and round(73_728 / 1e6, 2) == 0.07
+    assert count("adapter") == 1_189_632  # 1.19 M
+    assert count("vpt") == 73_728  # 0.07 M
     assert count("dyt") - dispatchers == 1_189_632
     moe = count("dyt", adapter="moe") - dispatchers
-    assert moe == 4 * 1_189_632 + 12 * (768 * 4 + 4) and round(moe / 1e6, 2) == 4.80
+    assert moe == 4 * 1_189_632 + 12 * (768 * 4 + 4)  # 4.80 M
     assert count("asvit") == 1_189_632 + 3  # AdaptFormer's adapters + one threshold per pruning stage
 
 

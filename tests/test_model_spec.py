@@ -15,12 +15,13 @@ import torch
 
 import video_st
 from video_st import create_model, list_methods, load_model
-from video_st.config import ConfigError, load_config
+from video_st.config import load_config
 from video_st.engine.backends import DDPBackend
 from video_st.engine.checkpoint import SPEC_FILE, CheckpointManager
-from video_st.engine.testing import load_for_test
-from video_st.errors import CheckpointError
-from video_st.models.dispatch import ThresholdPruner, calibrate
+from video_st.engine.multiview import load_for_test
+from video_st.errors import CheckpointError, ConfigError
+from video_st.models.calibrate import calibrate
+from video_st.models.pruning import ThresholdPruner
 from video_st.models.methods import METHODS, trainable_names
 from video_st.models.slots import Prompts
 from video_st.models.spec import save_model_file

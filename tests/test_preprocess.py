@@ -20,9 +20,12 @@ import av
 import numpy as np
 import pytest
 
-from video_st.data import decode, media
-from video_st.data import preprocess as pp
+from video_st.data import decode
+from video_st.preprocess import media
+from video_st.preprocess import jobs, staging
+from video_st.preprocess import run as pp
 from video_st.data.annotations import AnnotationError
+from video_st.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,12 +75,12 @@ def videos(tmp_path_factory) -> Path:
     return root
 
 
-def _spec(subcommand: str, videos: Path, out: Path, **kw) -> pp.JobSpec:
+def _spec(subcommand: str, videos: Path, out: Path, **kw) -> jobs.JobSpec:
     kw.setdefault("short_side", SHORT_SIDE)
     # Byte-for-byte comparisons of re-encodes: x264's MB-tree reads uninitialised memory on frames this small
     # (width not a multiple of 16), which changes a few bits between runs; test_resize_outputs keeps defaults.
     kw.setdefault("x264_params", "mbtree=0")
-    return pp.JobSpec(subcommand=subcommand, input=str(videos), output=str(out), **kw)
+    return jobs.JobSpec(subcommand=subcommand, input=str(videos), output=str(out), **kw)
 
 
 def _manifest(path: str | Path) -> list[dict]:
@@ -231,8 +234,9 @@ def test_killed_job_resumes_to_the_same_result(videos, tmp_path, monkeypatch, su
 
     rows = _manifest(out / f"manifest.{subcommand}.jsonl")
     assert [row["status"] for row in rows] == ["ok", "ok"]  # a/v0, a/v1 (bad/* sort after a/ and b/)
-    half = out / ("b/ntsc.tmp" if subcommand == "frames" else "b/ntsc.tmp.mp4")
-    assert half.exists()  # the kill left its temporary ...
+    # the kill left its temporary (named for its attempt, marked ".tmp.": never listed as a video) ...
+    half = [p.name for p in (out / "b").iterdir() if p.name.startswith("ntsc.tmp.")]
+    assert len(half) == 1 and half[0].endswith("" if subcommand == "frames" else ".mp4"), half
     assert not (out / ("b/ntsc" if subcommand == "frames" else "b/ntsc.mp4")).exists()  # ... never a final name
     assert not (out / "frames.txt").exists()
 
@@ -257,6 +261,211 @@ def test_a_crashing_worker_fails_only_its_video(videos, tmp_path, monkeypatch):
     assert set(rows) == set(GOOD) | set(BAD)
     assert "worker process died" in rows["b/portrait.mp4"]["reason"]
     assert {rel for rel, row in rows.items() if row["status"] == "failed"} == set(BAD) | {"b/portrait.mp4"}
+
+
+def test_stale_temporaries_are_never_outputs_and_go_on_the_next_run(videos, tmp_path):
+    from video_st.data.annotations import read_video_folder
+
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    host = staging.host()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    stale = {
+        "v0.tmp.mp4": None,  # the fixed name of earlier versions
+        f"v0.tmp.{host}-{dead.pid}-0123abcd.mp4": None,  # its process was killed
+        f"v0.tmp.othernode-{os.getppid()}-0123abcd.mp4": None,  # another host's (a requeued shard's) attempt
+        f"v0.tmp.{host}-{os.getppid()}-4567abcd.mp4": 0,  # written before its pid's process started: reused pid
+        f"v0.tmp.{host}-{os.getpid()}-89abcdef.mp4": None,  # this process's, from an interrupted run
+    }
+    live = f"v1.tmp.{host}-{os.getppid()}-0123abcd.mp4"  # a running process's attempt: not touched
+    for name, mtime in [*stale.items(), (live, None)]:
+        (out / "a" / name).write_bytes(b"half an encode")
+        if mtime is not None:
+            os.utime(out / "a" / name, (mtime, mtime))
+    bystanders = ["v0.tmp.notes.mp4", "v00.mp4"]  # not temporaries of a/v0.mp4: never removed
+    for name in bystanders:
+        (out / "a" / name).write_bytes(b"someone else's")
+    assert [r.rel for r in read_video_folder(out)] == ["a/v00.mp4"]  # ".tmp." keeps every temporary out
+
+    name = staging.tmp_name(str(out / "a/v0.mp4"))  # what an attempt writes: the same marker, unique per attempt
+    assert ".tmp." in os.path.basename(name) and name.endswith(".mp4") and name != staging.tmp_name(str(out / "a/v0.mp4"))
+    assert os.path.dirname(name) == str(out / "a")  # the same folder: the final rename is atomic
+    found = {os.path.basename(path): pid for path, _, pid in staging.temporaries(str(out / "a/v0.mp4"))}
+    assert set(found) == set(stale) and found["v0.tmp.mp4"] is None
+
+    summary = pp.run_shard(_spec("resize", videos, out))
+    assert (summary.ok, summary.failed) == (len(GOOD), len(BAD))
+    assert sorted(p.name for p in (out / "a").iterdir()) == sorted(["v0.mp4", "v1.mp4", live, *bystanders])
+    assert [r.rel for r in read_video_folder(out)] == sorted(
+        os.path.splitext(rel)[0] + ".mp4" for rel in [*GOOD, "a/v00.mp4"])
+
+
+def _load_pool_module():
+    """video_st.preprocess.pool on its own (standard library only): a subprocess starts in milliseconds, not the
+    seconds that importing the package (torch) takes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pool_alone", ROOT / "video_st/preprocess/pool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A process that forks a worker, runs the pool's initialiser in it, reports the worker's pid and exits at once.
+_ORPHAN = """
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("pool_alone", sys.argv[1])
+pool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(pool)
+if sys.argv[2] == "watcher":
+    pool._set_parent_death_signal = lambda sig: False  # as where there is no prctl
+    pool._WATCH_INTERVAL_S = 0.05
+parent = os.getpid()
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    pool._die_with_parent(parent)
+    os.write(write, b"ready")
+    time.sleep(120)  # an encode that would go on for minutes
+    os._exit(0)
+os.read(read, 5)
+print(child, flush=True)
+os._exit(0)  # the parent dies, no cleanup
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("mechanism", ["prctl", "watcher"])
+def test_a_worker_dies_with_its_parent(mechanism):
+    result = subprocess.run([sys.executable, "-c", _ORPHAN, str(ROOT / "video_st/preprocess/pool.py"), mechanism],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    orphan = int(result.stdout.split()[0])
+    start = _stat(orphan)[2] if _stat(orphan) else None
+    try:
+        assert _wait_until(lambda: not _alive(orphan, start), timeout=10), f"{mechanism}: worker {orphan} lives on"
+    finally:
+        _kill(orphan, start)
+
+    # A parent already gone when the initialiser runs: the worker ends at once instead of waiting for a signal.
+    gone = subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = [sys.argv[1]]; import pool; "
+                           "pool._die_with_parent(1 << 30); print('still running')",
+                           str(ROOT / "video_st/data")], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "still running" not in gone.stdout, gone.stdout + gone.stderr
+
+
+# Enough work that the job is still running well after its first output: 40 copies of a 96-frame 320 x 240 video.
+KILL_VIDEOS, KILL_FRAMES, KILL_SHORT_SIDE = 40, 96, 120
+
+
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory) -> Path:
+    import shutil
+
+    root = tmp_path_factory.mktemp("many")
+    first = root / "part0/v000.mp4"
+    _write_video(first, KILL_FRAMES, 240, 320, "libx264", 24, False)
+    for i in range(1, KILL_VIDEOS):
+        (root / f"part{i % 4}").mkdir(exist_ok=True)
+        shutil.copyfile(first, root / f"part{i % 4}/v{i:03d}.mp4")
+    return root
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks) of a process, None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """pid -> start time of every process below ``pid`` (from one pass over /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            parents[int(entry)] = (stat[1], stat[2])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, start) in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    """The same process (same start time: a pid can be reused) is still there and not a zombie."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X") and (start is None or stat[2] == start)
+
+
+def _kill(pid: int, start: int | None) -> None:
+    if _alive(pid, start):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_until(condition, *, timeout: float, interval: float = 0.02) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers in /proc")
+def test_cli_killed_with_sigkill_leaves_no_workers_and_a_rerun_finishes(many_videos, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "tools/preprocess.py", "resize", "--input", str(many_videos), "--output", str(out),
+               "--short-side", str(KILL_SHORT_SIDE), "--workers", "2"]
+    outputs = [out / os.path.relpath(p, many_videos) for p in sorted(many_videos.rglob("*.mp4"))]
+    assert len(outputs) == KILL_VIDEOS
+
+    def finished() -> list[Path]:  # final names only: an output once there stays (temporaries come and go)
+        return [p for p in outputs if p.exists()]
+
+    workers: dict[int, int] = {}
+    with open(tmp_path / "killed.log", "w") as log:
+        job = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _wait_until(lambda: finished() or job.poll() is not None, timeout=120), "no output after 120 s"
+        workers = _descendants(job.pid)  # the pool is up: it wrote an output
+        assert job.poll() is None, "the job finished before the kill: give it more work"
+        done_before = len(finished())
+        assert len(workers) >= 2 and done_before < KILL_VIDEOS
+        os.kill(job.pid, 9)
+        assert job.wait(timeout=30) == -9
+        left = lambda: [pid for pid, start in workers.items() if _alive(pid, start)]  # noqa: E731
+        assert _wait_until(lambda: not left(), timeout=10), f"workers {left()} outlived their parent"
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+        for pid, start in workers.items():
+            _kill(pid, start)
+
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "failed 0" in rerun.stdout, rerun.stdout
+    rows = _manifest(out / "manifest.resize.jsonl")
+    assert sorted(row["output"] for row in rows) == sorted(map(str, outputs))
+    assert {row["status"] for row in rows} <= {"ok", "skipped"}  # skipped: found and verified
+    assert sum(row["status"] == "skipped" for row in rows) >= done_before
+    assert all(row["num_frames"] == KILL_FRAMES for row in rows)
+    size = media.target_size(320, 240, short_side=KILL_SHORT_SIDE)
+    for path in outputs:
+        assert media.verify_resized(str(path), expected_frames=KILL_FRAMES, size=size) == KILL_FRAMES
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # the killed attempts' temporaries are gone
 
 
 # ---------------------------------------------------------------------------------------------- sharding
@@ -300,11 +509,11 @@ def test_k400_csv_layouts_labels_and_missing(videos, tmp_path):
                    '"air drumming",bbb,5,15,train,0\n'
                    "zumba,ccc,1,11,train,0\n"
                    "abseiling,gone,3,13,train,0\n")
-    items = pp.read_inputs(csv, root=root)
+    items = jobs.read_inputs(csv, root=root)
     assert [item.rel for item in items] == [*layout, "gone_000003_000013.mp4"]
     assert [item.label for item in items] == [0, 1, 2, 0]  # sorted class names
 
-    spec = pp.JobSpec(subcommand="frames", input=str(csv), root=str(root), output=str(tmp_path / "out"))
+    spec = jobs.JobSpec(subcommand="frames", input=str(csv), root=str(root), output=str(tmp_path / "out"))
     summary = pp.run_shard(spec)
     rows = _manifest(summary.manifest)
     assert [row["status"] for row in rows] == ["ok", "ok", "ok", "failed"]
@@ -320,7 +529,7 @@ def test_path_label_list(videos, tmp_path):
         (root / rel).write_bytes((videos / source).read_bytes())
     listing = tmp_path / "train.txt"
     listing.write_text("a/v0.mp4 3\n\nc/vp9.webm 7\nmissing/x.mp4 1\nwith space/v 0.mp4 2\n")
-    summary = pp.run_shard(pp.JobSpec(subcommand="frames", input=str(listing), root=str(root),
+    summary = pp.run_shard(jobs.JobSpec(subcommand="frames", input=str(listing), root=str(root),
                                       output=str(tmp_path / "out"), fps=5))
     assert (summary.ok, summary.failed) == (3, 1)
     # a path may hold spaces (as datasets.read_path_label_list reads it); read_frame_list splits from the right
@@ -338,11 +547,11 @@ def test_k400_class_list_file(videos, tmp_path):
     (tmp_path / "classes.txt").write_text("\n".join(order) + "\n")
     (tmp_path / "classes.json").write_text(json.dumps(order))
     for classes in ("classes.txt", "classes.json"):
-        items = pp.read_inputs(csv, root=root, classes=tmp_path / classes)
+        items = jobs.read_inputs(csv, root=root, classes=tmp_path / classes)
         assert [(item.rel, item.label) for item in items] == [("aaa_000000_000010.mp4", 2), ("bbb_000001_000011.mp4", 0)]
     (tmp_path / "short.txt").write_text("abseiling\n")
     with pytest.raises(AnnotationError, match=r"val\.csv:3: .*zumba"):
-        pp.read_inputs(csv, root=root, classes=tmp_path / "short.txt")
+        jobs.read_inputs(csv, root=root, classes=tmp_path / "short.txt")
 
 
 def test_ssv2_split_json_through_the_cli(videos, tmp_path, capsys):
@@ -371,15 +580,15 @@ def test_ssv2_split_json_through_the_cli(videos, tmp_path, capsys):
     (converted / "21.mp4").write_bytes((videos / "a/v0.mp4").read_bytes())
     test_split = tmp_path / "test.json"
     test_split.write_text(json.dumps([{"id": "21"}]))
-    items = pp.read_inputs(test_split, root=converted, ssv2_labels=labels)
+    items = jobs.read_inputs(test_split, root=converted, ssv2_labels=labels)
     assert [(item.source, item.rel, item.label) for item in items] == [(str(converted / "21.mp4"), "21.mp4", -1)]
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": "1", "template": "Dropping [something]"}]))
     with pytest.raises(AnnotationError, match=r"bad\.json:entry 0 .*Dropping something"):
-        pp.read_inputs(bad, root=root, ssv2_labels=labels)
-    with pytest.raises(pp.ConfigError, match="--ssv2-labels"):
-        pp.read_inputs(split, root=root)
+        jobs.read_inputs(bad, root=root, ssv2_labels=labels)
+    with pytest.raises(ConfigError, match="--ssv2-labels"):
+        jobs.read_inputs(split, root=root)
 
 
 @pytest.mark.parametrize("name,text,line,words", [
@@ -395,25 +604,25 @@ def test_malformed_annotation_lines_name_file_and_line(tmp_path, name, text, lin
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(AnnotationError, match=rf"{name}:{line}: .*{words}") as info:
-        pp.read_inputs(path, root=tmp_path)
+        jobs.read_inputs(path, root=tmp_path)
     assert info.value.line == line and info.value.path == str(path)
-    assert pp.AnnotationError is AnnotationError  # one annotation error type, whichever module a caller uses
+    assert AnnotationError is AnnotationError  # one annotation error type, whichever module a caller uses
 
 
 def test_bad_configs_are_refused(videos, tmp_path):
-    with pytest.raises(pp.ConfigError, match="crf"):
-        pp.JobSpec(subcommand="resize", input="x", output="y", crf=99)
-    with pytest.raises(pp.ConfigError, match="inside the input"):
+    with pytest.raises(ConfigError, match="crf"):
+        jobs.JobSpec(subcommand="resize", input="x", output="y", crf=99)
+    with pytest.raises(ConfigError, match="inside the input"):
         pp.run_shard(_spec("resize", videos, videos / "out"))
-    with pytest.raises(pp.ConfigError, match="shard 3"):
+    with pytest.raises(ConfigError, match="shard 3"):
         pp.run_shard(_spec("scan", videos, tmp_path), shard=3, num_shards=3)
-    with pytest.raises(pp.ConfigError, match="not found"):
-        pp.read_inputs(tmp_path / "nope.csv")
-    with pytest.raises(pp.ConfigError, match="--classes is for a K400 CSV"):
-        pp.read_inputs(videos, classes=tmp_path / "classes.txt")  # not silently ignored
+    with pytest.raises(ConfigError, match="not found"):
+        jobs.read_inputs(tmp_path / "nope.csv")
+    with pytest.raises(ConfigError, match="--classes is for a K400 CSV"):
+        jobs.read_inputs(videos, classes=tmp_path / "classes.txt")  # not silently ignored
     (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n")
-    with pytest.raises(pp.ConfigError, match="class list not found"):
-        pp.read_inputs(tmp_path / "k.csv", classes=tmp_path / "nope.txt")
+    with pytest.raises(ConfigError, match="class list not found"):
+        jobs.read_inputs(tmp_path / "k.csv", classes=tmp_path / "nope.txt")
 
 
 # ---------------------------------------------------------------------------------------------- the CLI

@@ -17,15 +17,8 @@ import decord
 import numpy as np
 import pytest
 
-from video_st.data.synthetic import (
-    CORRUPT_KINDS,
-    Motion,
-    make_k400_style,
-    make_ssv2_style,
-    parse_corrupt_spec,
-    render_frames,
-    sample_scene,
-)
+from video_st.synthetic.datasets import CORRUPT_KINDS, make_k400_style, make_ssv2_style, parse_corrupt_spec
+from video_st.synthetic.scenes import Motion, render_frames, sample_scene
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, HEIGHT, WIDTH = 12, 48, 64
@@ -378,7 +371,7 @@ def test_grain_raises_the_bitrate_and_stays_deterministic(tmp_path):
     import os
 
     from video_st.data.decode import read_frames
-    from video_st.data.synthetic import make_k400_style
+    from video_st.synthetic.datasets import make_k400_style
 
     kwargs = dict(num_classes=2, train_per_class=1, val_per_class=1, num_frames=12, height=66, width=88, seed=3)
     flat = make_k400_style(tmp_path / "flat", **kwargs)

@@ -13,6 +13,7 @@ import torch
 
 from .conftest import python_launcher, tiny_overrides
 from video_st import create_model
+from video_st.engine.requeue import EXIT_REQUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_cpu.yaml")
@@ -117,7 +118,7 @@ def test_resume_after_kill_ends_where_the_uninterrupted_run_ends(tiny_k400, tmp_
 def test_sigusr1_saves_and_exits_for_requeue(tiny_k400, tmp_path, uninterrupted):
     out = tmp_path / "stopped"
     code, stderr = _start_and_signal(tiny_k400, out, signal.SIGUSR1, at_step=3)
-    assert code == 75, stderr[-2000:]
+    assert code == EXIT_REQUEUE, stderr[-2000:]
     stopped = [r for r in _log(out) if r["kind"] == "stopped"]
     assert stopped and stopped[0]["signal"] == signal.SIGUSR1
     assert (out / "checkpoints" / (out / "checkpoints" / "latest").read_text()).is_dir()

@@ -16,7 +16,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import video_st  # noqa: E402,F401  (applies library fixes before other project imports)
-from video_st.data.synthetic import MAX_CLASSES, make_k400_style, make_ssv2_style, parse_corrupt_spec  # noqa: E402
+from video_st.synthetic.datasets import make_k400_style, make_ssv2_style, parse_corrupt_spec  # noqa: E402
+from video_st.synthetic.scenes import MAX_CLASSES  # noqa: E402
 
 MAKERS = {"k400": make_k400_style, "ssv2": make_ssv2_style}
 

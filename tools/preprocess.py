@@ -33,8 +33,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import video_st  # noqa: E402,F401  (applies the library fixes before anything else imports)
-from video_st.data import launch  # noqa: E402
-from video_st.data import preprocess as pp  # noqa: E402
+from video_st.errors import VideoSTError  # noqa: E402
+from video_st.preprocess import jobs, run, submit  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="a folder of videos, a K400 CSV, a 'path label' list, or an SSv2 split JSON")
     io.add_argument("--output", required=True, help="output folder: mirrored tree, manifests, lists")
     io.add_argument("--root", help="folder the annotation's videos are relative to (default: its folder)")
-    io.add_argument("--input-format", default="auto", choices=pp.INPUT_FORMATS,
+    io.add_argument("--input-format", default="auto", choices=jobs.INPUT_FORMATS,
                     help="auto: a folder, *.csv K400, *.json SSv2, else a 'path label' list")
     io.add_argument("--classes", help="K400: class names, a JSON list or one per line (default: the CSV's, sorted)")
     io.add_argument("--ssv2-labels", help="SSv2: the labels JSON (template -> index); --input is the split JSON")
@@ -52,20 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--num-shards", type=int, default=1)
 
     job = argparse.ArgumentParser(add_help=False)
-    run = job.add_argument_group("running")
-    run.add_argument("--workers", type=int, default=1, help="processes per shard (1: in this process)")
-    run.add_argument("-v", "--verbose", action="store_true", help="log every video")
-    where = run.add_mutually_exclusive_group()
+    running = job.add_argument_group("running")
+    running.add_argument("--workers", type=int, default=1, help="processes per shard (1: in this process)")
+    running.add_argument("-v", "--verbose", action="store_true", help="log every video")
+    where = running.add_mutually_exclusive_group()
     where.add_argument("--slurm", action="store_true", help="submit all shards as one Slurm array (submitit)")
     where.add_argument("--submitit-local", action="store_true", help="all shards as local submitit processes")
-    run.add_argument("--partition", help="Slurm partition")
-    run.add_argument("--time", type=int, default=240, help="minutes per shard job")
-    run.add_argument("--cpus", type=int, default=None, help="CPUs per shard job")
-    run.add_argument("--array-parallelism", type=int, default=16, help="Slurm: shard jobs running at once")
-    run.add_argument("--submitit-folder", help="submitit logs and pickles (default: OUTPUT/.submitit)")
-    run.add_argument("--wait-timeout", type=float, default=None,
+    running.add_argument("--partition", help="Slurm partition")
+    running.add_argument("--time", type=int, default=240, help="minutes per shard job")
+    running.add_argument("--cpus", type=int, default=None, help="CPUs per shard job")
+    running.add_argument("--array-parallelism", type=int, default=16, help="Slurm: shard jobs running at once")
+    running.add_argument("--submitit-folder", help="submitit logs and pickles (default: OUTPUT/.submitit)")
+    running.add_argument("--wait-timeout", type=float, default=None,
                      help="seconds to wait for the shard jobs (default: --time per wave of shards + 10 min)")
-    run.add_argument("--no-wait", action="store_true", help="submit and return; the last shard merges the lists")
+    running.add_argument("--no-wait", action="store_true", help="submit and return; the last shard merges the lists")
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="subcommand", required=True)
@@ -84,16 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _spec(args: argparse.Namespace) -> pp.JobSpec:
+def _spec(args: argparse.Namespace) -> jobs.JobSpec:
     subcommand = args.kind if args.subcommand == "merge" else args.subcommand
     options = ("short_side", "crf", "preset", "x264_params", "threads", "fps", "quality")
     extra = {name: getattr(args, name) for name in options if hasattr(args, name)}
     absolute = {name: os.path.abspath(getattr(args, name)) if getattr(args, name) else None
                 for name in ("input", "output", "root", "classes", "ssv2_labels")}
-    return pp.JobSpec(subcommand=subcommand, input_format=args.input_format, **absolute, **extra)
+    return jobs.JobSpec(subcommand=subcommand, input_format=args.input_format, **absolute, **extra)
 
 
-def _summary_line(spec: pp.JobSpec, summaries: list[pp.ShardSummary], video_list: str | None) -> str:
+def _summary_line(spec: jobs.JobSpec, summaries: list[run.ShardSummary], video_list: str | None) -> str:
     ok, failed, skipped = (sum(getattr(s, name) for s in summaries) for name in ("ok", "failed", "skipped"))
     shards = ", ".join(str(s.shard) for s in summaries)
     where = f"manifest {summaries[0].manifest}" if len(summaries) == 1 else f"manifests in {spec.output}"
@@ -101,13 +101,13 @@ def _summary_line(spec: pp.JobSpec, summaries: list[pp.ShardSummary], video_list
     return text + (f"; list {video_list}" if video_list else "")
 
 
-def _run_here(spec: pp.JobSpec, args: argparse.Namespace) -> int:
+def _run_here(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     tqdm.monitor_interval = 0  # no monitor thread: the process pool forks after the bar exists
     bar = None
 
-    def progress(record: pp.Record, done: int, total: int) -> None:
+    def progress(record: run.Record, done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, unit="video", desc=spec.subcommand, disable=None)  # None: off unless a TTY
@@ -115,7 +115,7 @@ def _run_here(spec: pp.JobSpec, args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"last {record.status}", refresh=False)
 
     try:
-        summary = pp.run_shard(spec, shard=args.shard or 0, num_shards=args.num_shards, workers=args.workers,
+        summary = run.run_shard(spec, shard=args.shard or 0, num_shards=args.num_shards, workers=args.workers,
                                progress=progress)
     finally:
         if bar is not None:
@@ -124,16 +124,16 @@ def _run_here(spec: pp.JobSpec, args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(spec: pp.JobSpec, args: argparse.Namespace) -> int:
+def _submit(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
     waves = math.ceil(args.num_shards / max(1, args.array_parallelism)) if args.slurm else 1
     timeout = args.wait_timeout if args.wait_timeout is not None else (args.time * 60 * waves + 600)
     folder = args.submitit_folder or os.path.join(spec.output, ".submitit", "%j")
 
-    def on_done(shard: int, summary: pp.ShardSummary | None, error: str | None) -> None:
+    def on_done(shard: int, summary: run.ShardSummary | None, error: str | None) -> None:
         logging.getLogger("preprocess").info("shard %d: %s", shard, error or f"ok {summary.ok} / failed "
                                              f"{summary.failed} / skipped {summary.skipped}")
 
-    result = launch.submit(
+    result = submit.submit(
         spec, num_shards=args.num_shards, folder=folder, cluster="slurm" if args.slurm else "local",
         workers=args.workers, partition=args.partition, time_min=args.time, cpus=args.cpus,
         array_parallelism=args.array_parallelism, timeout_s=timeout, on_done=on_done,
@@ -145,7 +145,7 @@ def _submit(spec: pp.JobSpec, args: argparse.Namespace) -> int:
         return 0
     video_list = None
     if not result.errors:
-        video_list = pp.merge(spec, num_shards=args.num_shards)
+        video_list = run.merge(spec, num_shards=args.num_shards)
     if result.summaries:
         print(_summary_line(spec, result.summaries, video_list))
     for shard, error in sorted(result.errors.items()):
@@ -170,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = _spec(args)
         if args.subcommand == "merge":
-            print(f"merged: {pp.merge(spec, num_shards=args.num_shards)}")
+            print(f"merged: {run.merge(spec, num_shards=args.num_shards)}")
             return 0
         return _submit(spec, args) if submitting else _run_here(spec, args)
-    except (pp.ConfigError, pp.AnnotationError, pp.MergeError) as err:
+    except VideoSTError as err:  # ConfigError, AnnotationError, MergeError ...
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 

@@ -24,7 +24,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-REQUEUE_EXIT = 75
 
 
 class TrainJob:
@@ -33,11 +32,12 @@ class TrainJob:
     def __call__(self, config: list[str] | None, overrides: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from video_st.config import load_config
+        from video_st.engine.requeue import EXIT_REQUEUE
         from video_st.engine.train import train
 
         code = train(load_config(config, overrides))
         job_id = os.environ.get("SLURM_JOB_ID")
-        if code == REQUEUE_EXIT and job_id and os.environ.get("SLURM_PROCID", "0") == "0":
+        if code == EXIT_REQUEUE and job_id and os.environ.get("SLURM_PROCID", "0") == "0":
             subprocess.run(["scontrol", "requeue", job_id], check=False)
         return code
 
@@ -46,7 +46,7 @@ class TestJob:
     def __call__(self, config: list[str] | None, overrides: list[str], checkpoint: str | None) -> dict:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from video_st.config import load_config
-        from video_st.engine.testing import run_test
+        from video_st.engine.multiview import run_test
 
         return run_test(load_config(config, overrides), checkpoint)
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from video_st.engine.logs import setup_logging
     from video_st.engine.report import format_summary
-    from video_st.engine.testing import run_test
+    from video_st.engine.multiview import run_test
     from video_st.errors import run_tool
 
     rank = setup_logging()

@@ -29,12 +29,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import VideoSTError
+from .errors import ConfigError
 from .fileio import write_atomic
-
-
-class ConfigError(VideoSTError, ValueError):
-    pass
 
 
 @dataclass

@@ -16,6 +16,10 @@ class VideoSTError(Exception):
     """An expected failure; the message is the whole story, for one line."""
 
 
+class ConfigError(VideoSTError, ValueError):
+    """A config key or value that is wrong, or a setting this machine cannot run; the message names the key."""
+
+
 class CheckpointError(VideoSTError, ValueError):
     """A checkpoint that cannot be read, converted or used as asked; the message names the file and the cause."""
 

@@ -1,6 +1,6 @@
 """One way to write a file that a kill can never leave half-written: a temporary file in the same folder,
 flushed and fsynced, then renamed over the target. Used for every config, list, manifest, report and
-checkpoint file the project writes (videos and frame folders have their own staging in data/preprocess.py)."""
+checkpoint file the project writes (videos and frame folders have their own staging in preprocess/staging.py)."""
 
 from __future__ import annotations
 

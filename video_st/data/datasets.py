@@ -24,19 +24,9 @@ import torch
 
 from ..errors import VideoSTError
 from ..fileio import write_atomic
-from .annotations import (  # noqa: F401  (re-exported: the dataset API in one place)
-    AnnotationError,
-    VideoRecord,
-    load_class_names,
-    read_frame_list,
-    read_k400_csv,
-    read_path_label_list,
-    read_ssv2,
-    read_video_folder,
-    save_class_names,
-)
+from .annotations import AnnotationError, VideoRecord
 from .decode import BACKENDS, VideoReadError, open_video, read_frame_folder
-from .sampling import train_indices, view_indices
+from .sampling import ClipSpec, train_indices, view_indices
 
 _log = logging.getLogger(__name__)
 
@@ -85,17 +75,6 @@ def check_files(records: Sequence[VideoRecord], *, source: str, missing: str = "
 
 
 # -- clips -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ClipSpec:
-    """How clips are cut from a video: ``dense`` (K400: frames ``stride`` apart) or ``segment`` (SSv2: TSN)."""
-
-    sampling: str = "dense"
-    num_frames: int = 8
-    stride: int = 8
-    num_temporal_views: int = 1
-    num_spatial_views: int = 3
-
-
 class VideoClipDataset(torch.utils.data.Dataset):
     """Clips of videos (or frame folders) for training (``mode="train"``) or multi-view testing (``"test"``).
 
@@ -260,11 +239,9 @@ class BadFileLog:
     """Collects decode failures reported by batches (from any worker) in the main process; logs each once."""
 
     seen: dict[str, str] = field(default_factory=dict)
-    occurrences: int = 0
 
     def record(self, failures: Iterable[tuple[str, str]]) -> None:
         for path, cause in failures:
-            self.occurrences += 1
             if path not in self.seen:
                 self.seen[path] = cause
                 _log.warning("unreadable video replaced by another sample: %s (%s)", path, cause)

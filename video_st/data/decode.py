@@ -4,17 +4,27 @@ Every reader returns uint8 ``(T, H, W, C)`` RGB frames for explicit frame indice
 indices may repeat and come in any order (all views of a test video are one call: one open, one batch read).
 Every failure (missing, empty, unreadable container, no video stream, an undecodable frame) raises
 :class:`VideoReadError`, which names the file and the cause. FFmpeg's own stderr output is silenced: a corrupt
-file otherwise prints hundreds of lines per read.
+file otherwise prints hundreds of lines per read. decord's own C++ log lines (``[12:00:00]
+/project/src/video/video_reader.cc:86: ERROR opening: ...``), which no switch of the library turns off, are caught
+around each decord call and become the cause of the :class:`VideoReadError`, or one log warning per file when the
+call still succeeded (see :func:`_decord_stderr`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import VideoSTError
 
 _log = logging.getLogger(__name__)
 
@@ -22,7 +32,7 @@ BACKENDS = ("decord", "pyav")
 _quieted = False
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(VideoSTError, RuntimeError):
     """A video (or frame folder) that cannot be read; ``path`` and ``cause`` are kept for reports."""
 
     def __init__(self, path: str | os.PathLike, cause: str) -> None:
@@ -71,20 +81,134 @@ def _decord_reader(path: str, num_threads: int):
 
     _quiet()
     _check_file(path)
+    said = _Said()
     try:
-        reader = decord.VideoReader(path, num_threads=num_threads)
-    except (RuntimeError, decord.DECORDError) as err:  # DECORDError is not a RuntimeError subclass
-        if "cannot find video stream" in str(err):
+        with _decord_stderr(path) as said:
+            reader = decord.VideoReader(path, num_threads=num_threads)
+    # DECORDError is not a RuntimeError subclass; AssertionError: decord's own "Invalid frame count: 0" check.
+    except (RuntimeError, AssertionError, decord.DECORDError) as err:
+        if "cannot find video stream" in f"{err} {said.text}":
             raise VideoReadError(path, "no video stream") from err
-        raise VideoReadError(path, f"cannot open ({_first_line(err)})") from err
+        # decord's exception says only "Error reading PATH..."; the reason is in the line it logged.
+        opening = said.text.removeprefix("ERROR opening: ").removeprefix("ERROR opening ")
+        raise VideoReadError(path, f"cannot open ({opening or _first_line(err, path)})") from err
     if len(reader) == 0:
         raise VideoReadError(path, "no frames")
     return reader
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
+def _decord_batch(reader, path: str, indices: list[int]) -> np.ndarray:
+    """``reader.get_batch(indices)`` as numpy, decord's log lines caught; errors carry them (``err.decord_said``)."""
+    said = _Said()
+    try:
+        with _decord_stderr(path) as said:
+            return reader.get_batch(indices).asnumpy()
+    except Exception as err:
+        err.decord_said = said.text
+        raise
+
+
+def _read_error(err: BaseException, path: str) -> str:
+    """The cause of a failed decord read: its exception's first line, plus what it logged if that says more."""
+    message = _first_line(err, path)
+    said = getattr(err, "decord_said", "")
+    if said and said not in message:
+        message = f"{message}; {said}"[:300]
+    return message
+
+
+# decord (dmlc-core logging) writes "[HH:MM:SS] /project/src/video/video_reader.cc:86: " before each line, and its
+# exceptions nest such prefixes ("...threaded_decoder.cc:292: [..] ...threaded_decoder.cc:218: Check failed: ...").
+_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.(?:cc|cpp|cu|h):\d+: ")
+
+
+def _tidy(text: str, path: str) -> str:
+    """decord's text without its time/source-file prefixes and without the path (the error names the file)."""
+    text = _DECORD_PREFIX.sub("", text)
+    if path:
+        text = text.replace(f"{path}, ", "").replace(path, "the file")
+    return text.strip()
+
+
+def _first_line(err: BaseException, path: str = "") -> str:
+    text = [line for line in (_tidy(line, path) for line in str(err).splitlines()) if line]
     return text[0][:300] if text else type(err).__name__
+
+
+class _Said:
+    """What decord wrote to stderr during one call: its lines, tidied, repeats dropped, joined by "; "."""
+
+    text = ""
+
+
+# One capture at a time in a process (the redirect is process-wide); reentrant so a nested decord call works.
+_capture_lock = threading.RLock()
+_warned: set[str] = set()  # paths already warned about in this process
+
+
+@contextlib.contextmanager
+def _decord_stderr(path: str) -> Iterator[_Said]:
+    """Run a decord call with file descriptor 2 sent to a temporary file; yields a :class:`_Said` that holds
+    what was written once the block has ended.
+
+    Why: decord logs through dmlc-core's ``LOG(ERROR)``, a raw write to ``std::cerr`` (fd 2) from C++.
+    ``decord.logging.set_level`` sets FFmpeg's ``av_log`` level only, and libdecord.so reads no variable that
+    would change it (its only ``getenv`` names are DECORD_CACHE_DIR, XDG_CACHE_HOME, HOME, DECORD_NUM_THREADS,
+    OMP_NUM_THREADS, DECORD_BIND_THREADS): there is no switch to flip once in ``video_st.compat``. Silencing
+    ``std::cerr`` itself would silence every C++ library of the process (torch's warnings too), so only the
+    window of each decord call is redirected.
+
+    Trade-off: fd 2 belongs to the process, so anything another thread writes to stderr during the window
+    (a decord call: milliseconds) lands in the file too. It is not lost: it comes back as the error's cause or
+    through the warning below. Captures in one process take turns (a lock), so threads that decode share one
+    window at a time. DataLoader workers are processes, each with its own fd 2.
+
+    After a call that failed, the caller puts the text into its :class:`VideoReadError` (which the datasets report
+    once per file) and it is logged here at debug level only; after a call that succeeded but still logged
+    something, it is one warning per file per process."""
+    said = _Said()
+    with _capture_lock:
+        try:
+            sys.stderr.flush()  # Python's own pending text goes out before the window, not into the file
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all (a daemon): nothing to catch
+            yield said
+            return
+        try:
+            sink = tempfile.TemporaryFile()
+        except OSError:  # no writable temporary folder: decode anyway, uncaught lines and all
+            os.close(saved)
+            yield said
+            return
+        failed = False
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield said
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            raw = sink.read(64 * 1024).decode("utf-8", "replace")
+            sink.close()
+            _report(said, raw, path, failed=failed)
+
+
+def _report(said: _Said, raw: str, path: str, *, failed: bool) -> None:
+    lines = [line for line in (_tidy(line, path) for line in raw.splitlines()) if line]
+    said.text = "; ".join(dict.fromkeys(lines))[:300]
+    if not said.text:
+        return
+    if failed:
+        _log.debug("%s: decord said: %s", path, said.text)
+    elif path not in _warned:
+        _warned.add(path)
+        _log.warning("%s: decord: %s", path, said.text)
 
 
 def probe(path: str | os.PathLike, backend: str = "decord", num_threads: int = 1) -> VideoInfo:
@@ -110,12 +234,12 @@ def probe(path: str | os.PathLike, backend: str = "decord", num_threads: int = 1
 
 def _decord_size(reader, path: str) -> tuple[int, int]:
     try:
-        frame = reader.get_batch([0]).asnumpy()
+        frame = _decord_batch(reader, path, [0])
     except Exception as err:
         if _DECORD_SIZE_BUG in str(err):
             frame = _read_pyav(path, [0])
         else:
-            raise VideoReadError(path, f"undecodable frame 0 ({_first_line(err)})") from err
+            raise VideoReadError(path, f"undecodable frame 0 ({_read_error(err, path)})") from err
     return int(frame.shape[1]), int(frame.shape[2])
 
 
@@ -147,14 +271,16 @@ class VideoSource:
         _check_range(self.path, indices, len(self._reader))
         unique = sorted(set(indices))
         try:
-            frames = self._reader.get_batch(unique).asnumpy()
+            frames = _decord_batch(self._reader, self.path, unique)
         except Exception as err:
             if _DECORD_SIZE_BUG in str(err):
                 # decord2 3.4.0 fails to copy out frames of some widths (32, 48, 96, 144 ... pixels: its row
                 # stride assumption), on valid files. PyAV decodes the same pixels, so read those with it.
                 _log.debug("%s: decord cannot copy frames of this width; reading with PyAV", self.path)
                 return _read_pyav(self.path, indices)
-            raise VideoReadError(self.path, f"undecodable frames in {unique[0]}..{unique[-1]} ({_first_line(err)})") from err
+            raise VideoReadError(
+                self.path, f"undecodable frames in {unique[0]}..{unique[-1]} ({_read_error(err, self.path)})"
+            ) from err
         return _reorder(frames, unique, indices)
 
 

@@ -12,6 +12,18 @@ A test view is ``(temporal_idx, spatial_idx)``; this module handles the temporal
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut from a video: ``dense`` (K400: frames ``stride`` apart) or ``segment`` (SSv2: TSN)."""
+
+    sampling: str = "dense"
+    num_frames: int = 8
+    stride: int = 8
+    num_temporal_views: int = 1
+    num_spatial_views: int = 3
 
 
 def clip_span(num_frames: int, stride: int) -> int:

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ..config import ConfigError, to_dict
+from ..config import to_dict
 from ..data.annotations import VideoRecord, read_k400_csv, read_labelled_list, read_ssv2
-from ..data.datasets import ClipSpec, VideoClipDataset, check_files
+from ..data.datasets import VideoClipDataset, check_files
+from ..data.sampling import ClipSpec
 from ..data.transforms import EvalTransform, TrainTransform
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..models.factory import create_model
 from ..models.methods import get_method
 from ..models.vit import VideoViT

@@ -156,13 +156,10 @@ class CheckpointManager:
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def update_best(self, tag: str, metric: float) -> bool:
-        """Record ``tag`` as best if ``metric`` beats the record (rank 0 writes); True if it did."""
-        if metric <= self.best().get("metric", float("-inf")):
-            return False
-        if self.rank == 0:
+    def update_best(self, tag: str, metric: float) -> None:
+        """Record ``tag`` as best if ``metric`` beats the record (rank 0 writes)."""
+        if metric > self.best().get("metric", float("-inf")) and self.rank == 0:
             write_atomic(os.path.join(self.root, "best.json"), json.dumps({"tag": tag, "metric": metric}))
-        return True
 
 
 def load_rng(folder: str, rank: int) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -52,7 +54,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
 
 def slurm_port(job_id: str, restart: int = 0) -> int:
     """A port every task of a job agrees on, spread over 20000-39999 so jobs sharing a node rarely collide, and
-    new after each requeue (the previous run's socket may linger). slurm/_train_job.sh uses the same formula."""
+    new after each requeue (the previous run's socket may linger)."""
     return 20000 + (int(re.sub(r"\D", "", job_id) or 0) * 10 + restart) % 20000
 
 
@@ -77,7 +79,7 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 def select_device(env: DistEnv, preference: str = "auto") -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("engine.device=cuda but no CUDA device is visible")
+        raise ConfigError("engine.device=cuda but no CUDA device is visible")
     if preference != "cpu" and torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())

@@ -22,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from ..config import ConfigError, save_config
+from ..config import save_config
+from ..errors import ConfigError
 from ..data.annotations import save_class_names
 from ..data.datasets import BadFileLog, make_loader
 from ..data.samplers import ShardSampler, TrainSampler
 from ..data.transforms import BatchAugment, make_mixup
 from ..fileio import write_atomic
-from ..models.dispatch import calibrate
+from ..models.calibrate import calibrate
 from ..models.sparsify import KeepRateWarmup
 from ..models.spec import save_model_file
 from . import distributed
@@ -39,12 +40,9 @@ from .loading import check_weights_only, read_folder_spec
 from .evaluate import accuracy, gather, mean_loss, predict
 from .logs import Progress, RunLog, memory_mb
 from .optim import CosineSchedule, make_adamw, param_groups, set_lr
+from .requeue import EXIT_REQUEUE, REQUEUE_MARKER
 
 _log = logging.getLogger(__name__)
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped by a signal after saving; slurm/*.sh requeues on it
-# Written beside the exit code: a launcher may see another code when its first finished rank makes it kill the
-# rest (srun --kill-on-bad-exit), so slurm/_train_job.sh also looks for this file.
-REQUEUE_MARKER = "stopped_for_requeue.json"
 
 
 class StopFlag:

@@ -23,7 +23,8 @@ from typing import Any
 from torch import nn
 
 from .adapters import DenseAdapter, MoEAdapter, ParallelAdapter, SequentialAdapter
-from .dispatch import ThresholdPruner, TokenDispatcher
+from .dispatch import TokenDispatcher
+from .pruning import ThresholdPruner
 from .layers import LoRAQV
 from .prompts import DeepPrompts
 from .slots import Adapter, Reducer

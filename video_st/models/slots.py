@@ -31,6 +31,8 @@ from torch import nn
 
 from .layers import QKVUpdate
 
+MODES = (None, "mask")  # set_mode: None (soft in training, real skipping in eval) | "mask" (hard decisions as masks)
+
 if TYPE_CHECKING:
     from .layers import AttnInfo
     from .sparsify import TokenState

@@ -17,8 +17,9 @@ Two choices differ from the authors' published image code; both are named option
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,9 @@ from .layers import AttnInfo
 from .slots import Reducer
 
 FUSE_MODES = ("mean", "sum")
-FUSED_TOKEN_ID = -1  # id of a fused token in the kept-token index maps (it has no place in the original grid)
+# The id of a token with no place in the original grid, in the kept-token index maps: a fused token, padding of a
+# shorter sample, or (DyT) a token the dispatcher sent past the MLP.
+NO_GRID_ID = -1
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,14 @@ class TokenState:
 
     def stage(self, ids: torch.Tensor) -> "TokenState":
         return replace(self, kept=(*self.kept, ids))
+
+    def realigned(self, ids: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor], **changes: Any) -> "TokenState":
+        """The state after a step that changed the token set: every tensor aligned with the tokens (the Dense
+        Adapters' earlier states, (B, P + n, r + 1)) goes through ``apply``, the step's own map of (B, P + n, D)
+        tokens; ``ids`` are the new tokens' grid ids, recorded as a stage; ``changes`` are the step's own fields
+        (ToMe's sizes, a key bias). The one place a token step realigns the state."""
+        history = tuple((apply(h_aug), up_aug) for h_aug, up_aug in self.history)
+        return replace(self, ids=ids, history=history, **changes).stage(ids)
 
 
 def keep_count(num_tokens: int, keep_rate: float) -> int:
@@ -97,12 +108,10 @@ class Reduction:
         kept = torch.gather(token_ids, 1, self.keep_idx)
         if not self.fuses:
             return kept
-        return torch.cat([kept, kept.new_full((kept.shape[0], 1), FUSED_TOKEN_ID)], dim=1)
+        return torch.cat([kept, kept.new_full((kept.shape[0], 1), NO_GRID_ID)], dim=1)
 
     def apply_state(self, state: TokenState) -> TokenState:
-        ids = self.apply_ids(state.ids)
-        history = tuple((self.apply(h_aug), up_aug) for h_aug, up_aug in state.history)
-        return replace(state, ids=ids, history=history).stage(ids)
+        return state.realigned(self.apply_ids(state.ids), self.apply)
 
 
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -212,9 +221,7 @@ class Merge:
         return torch.cat([prefix, out], dim=1)
 
     def apply_state(self, state: TokenState) -> TokenState:
-        ids = torch.gather(state.ids, 1, self.keep_idx)
-        history = tuple((self.apply(h_aug), up_aug) for h_aug, up_aug in state.history)
-        return replace(state, ids=ids, history=history, sizes=self.new_sizes).stage(ids)
+        return state.realigned(torch.gather(state.ids, 1, self.keep_idx), self.apply, sizes=self.new_sizes)
 
 
 def merge_count(n: int, keep_rate: float) -> int:
@@ -281,10 +288,10 @@ def pack_kept(x: torch.Tensor, state: TokenState, keep: torch.Tensor, num_prefix
     width = max(1, int(counts.max()))
     order = (~keep).int().argsort(dim=1, stable=True)[:, :width]  # kept first, original order
     valid = torch.arange(width, device=x.device)[None, :] < counts[:, None]
-    body = _gather_tokens(x[:, num_prefix:], order)
-    ids = torch.where(valid, torch.gather(state.ids, 1, order), FUSED_TOKEN_ID)
+    ids = torch.where(valid, torch.gather(state.ids, 1, order), NO_GRID_ID)
     bias = torch.zeros(valid.shape, dtype=torch.float32, device=x.device).masked_fill(~valid, float("-inf"))
-    history = tuple((torch.cat([h[:, :num_prefix], _gather_tokens(h[:, num_prefix:], order)], 1), up)
-                    for h, up in state.history)
-    new = replace(state, ids=ids, history=history, key_bias=bias if not bool(valid.all()) else None).stage(ids)
-    return torch.cat([x[:, :num_prefix], body], dim=1), new
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[:, :num_prefix], _gather_tokens(t[:, num_prefix:], order)], dim=1)
+
+    return pack(x), state.realigned(ids, pack, key_bias=bias if not bool(valid.all()) else None)

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .dispatch import LOSS_NAMES
 from .layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed3d, QKVUpdate, fixed_grid_table
 from .slots import Adapter, Dispatcher, Prompts, Reducer, Slot, is_slot
 from .sparsify import TokenState, expand_keep_rates
@@ -129,7 +128,7 @@ def _terms(records: tuple, logits: torch.Tensor, teacher: torch.Tensor | None, d
     groups: dict[type, list] = {}
     for record in records:
         groups.setdefault(type(record), []).append(record)
-    losses = {LOSS_NAMES[kind]: kind.loss(items) for kind, items in groups.items()}
+    losses = {kind.name: kind.loss(items) for kind, items in groups.items()}
     stats = {k: v for kind, items in groups.items() for k, v in kind.stats(items).items()}
     if teacher is not None:
         losses["distill"] = distill_weight * F.kl_div(

@@ -2,7 +2,7 @@
 
 A class is only a motion (a direction, and optionally a speed); a scene (background, shapes, colours, start
 positions) is drawn independently of the class, so frame 0 of a video is the same whatever its class and only the
-motion tells the classes apart. :mod:`video_st.data.synthetic` writes these frames as datasets in the real formats.
+motion tells the classes apart. :mod:`video_st.synthetic.datasets` writes these frames as datasets in the real formats.
 """
 
 from __future__ import annotations

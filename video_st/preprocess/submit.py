@@ -1,6 +1,6 @@
 """Every shard of a preprocessing job as one submitit array (Slurm, or local processes), and the wait for them.
 
-Each array task runs :func:`video_st.data.preprocess.run_shard`, the same function a single ``--shard`` run
+Each array task runs :func:`video_st.preprocess.run.run_shard`, the same function a single ``--shard`` run
 calls; the shard that finishes last merges the lists, so a job left to finish on its own (``--no-wait``, or a
 deadline passed) still ends with them.
 """
@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .media import describe
-from .preprocess import ConfigError, JobSpec, ShardSummary, run_shard
+from ..errors import ConfigError
+from .jobs import JobSpec
+from .run import ShardSummary, run_shard
 
 _log = logging.getLogger(__name__)
 

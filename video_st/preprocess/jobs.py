@@ -1,7 +1,7 @@
 """What a preprocessing job is: its :class:`JobSpec`, its full video list (:func:`plan`, read from the input by
 :mod:`video_st.data.annotations`), how the list is sharded, and where each output, manifest and list goes.
 
-Pure bookkeeping, no decoding: the jobs themselves are :mod:`video_st.data.preprocess`, which re-exports
+Pure bookkeeping, no decoding: the jobs themselves are :mod:`video_st.preprocess.run`, which uses
 these names. See its docstring for the input formats and the files under OUTPUT.
 """
 
@@ -14,7 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .annotations import (
+from ..errors import ConfigError
+from ..data.annotations import (
     VIDEO_EXTENSIONS,
     AnnotationError,
     VideoRecord,
@@ -29,10 +30,6 @@ _log = logging.getLogger(__name__)
 
 SUBCOMMANDS = ("scan", "resize", "frames")
 INPUT_FORMATS = ("auto", "folder", "k400", "list", "ssv2")
-
-
-class ConfigError(ValueError):
-    """A job that cannot run as asked (bad option, input not found, output inside the input)."""
 
 
 @dataclass(frozen=True)

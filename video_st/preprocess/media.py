@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from . import decode
-from .decode import VideoReadError, pyav_stream
+from ..data import decode
+from ..data.decode import VideoReadError, pyav_stream
 
 FRAME_TEMPLATE = "img_{:05d}.jpg"
 # Frame counts from a container index and from decoding may differ by one (a trailing frame with an odd

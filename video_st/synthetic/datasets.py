@@ -39,20 +39,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.annotations import strip_template
 from ..fileio import write_atomic
-from .annotations import strip_template
-from .scenes import (  # noqa: F401  (re-exported: the generator's public names in one place)
-    DIRECTIONS,
-    MAX_CLASSES,
-    SSV2_TEMPLATES,
-    Motion,
-    Scene,
-    Shape,
-    add_grain,
-    class_motions,
-    render_frames,
-    sample_scene,
-)
+from .scenes import Motion, add_grain, class_motions, render_frames, sample_scene
 
 _log = logging.getLogger(__name__)
 

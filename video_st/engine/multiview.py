@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ..config import ConfigError, to_dict
+from ..config import to_dict
+from ..errors import ConfigError
 from ..data.annotations import load_class_names
 from ..data.datasets import make_loader
 from ..data.samplers import ShardSampler

@@ -2,11 +2,11 @@
 
 One video is one unit of work (:func:`process_video`); a shard is every n-th video of the input list
 (:func:`run_shard`); a job is all shards, run in this process, in a local process pool (``workers``), or as one
-Slurm (or submitit-local) array (:func:`video_st.data.launch.submit`). The same :func:`run_shard` runs in every
-case. The job's definition, video list, sharding and paths are :mod:`video_st.data.jobspec` (re-exported here);
-the pixels (encoding, JPEGs, output verification) are :mod:`video_st.data.media`; the crash-tolerant pool is
-:mod:`video_st.data.pool`; the input lists come from :mod:`video_st.data.annotations`, the one parser of each
-annotation format.
+Slurm (or submitit-local) array (:func:`video_st.preprocess.submit.submit`). The same :func:`run_shard` runs in
+every case. The job's definition, video list, sharding and paths are :mod:`video_st.preprocess.jobs`; the pixels
+(encoding, JPEGs, output verification) are :mod:`video_st.preprocess.media`; temporaries and their clean-up
+:mod:`video_st.preprocess.staging`; the crash-tolerant pool :mod:`video_st.preprocess.pool`; the input lists come
+from :mod:`video_st.data.annotations`, the one parser of each annotation format.
 
 Subcommands (``JobSpec.subcommand``):
 
@@ -35,7 +35,7 @@ Inputs (``input_format``; ``auto``: a folder, ``*.csv`` K400, ``*.json`` SSv2, a
 
 Annotation videos are relative to ``root`` (default: the annotation's folder) and mirrored under OUTPUT by that
 relative path (``VideoRecord.rel``). A line that does not parse is an ``annotations.AnnotationError``
-(``file:line: reason``, re-exported here); a job that cannot run as asked is a :class:`ConfigError`.
+(``file:line: reason``); a job that cannot run as asked is a ``video_st.errors.ConfigError``.
 
 Files under OUTPUT (``n`` = number of shards; with n = 1 the ``.shard{i}of{n}`` part is left out):
 
@@ -49,10 +49,15 @@ Files under OUTPUT (``n`` = number of shards; with n = 1 the ``.shard{i}of{n}`` 
   both write the same merged file atomically, so the race is harmless.
 
 Resuming: a finished output is skipped only after it is verified (``media.verify_resized``,
-``media.verify_frames``), otherwise it is redone. Outputs are written under a temporary name in the same folder
-(``name.tmp.mp4``, ``name.tmp/``) and renamed when complete, so a killed job never leaves a half-written file
-under a final name; each video's own leftover temporary is removed when that video comes up again (never a
-sweep of the tree: another shard may be writing its temporaries right now).
+``media.verify_frames``), otherwise it is redone. Outputs are written under a temporary name of their own
+attempt in the same folder (``name.tmp.HOST-PID-TOKEN.mp4``, ``name.tmp.HOST-PID-TOKEN/``: unique per attempt,
+so two attempts never write, remove or rename each other's file; the same folder, so the final rename is
+atomic) and renamed when complete, so a killed job never leaves a half-written file under a final name. A
+temporary is never an output: the ``.tmp.`` in its name keeps it out of ``annotations.read_video_folder`` and
+out of every check here, which look only at final names. When a video comes up again, the temporaries of its
+earlier attempts are removed, except those of a process still running on this host (never a sweep of the
+tree: another shard may be writing its temporaries right now). Pool workers die with the job's process
+(:mod:`video_st.preprocess.pool`), so after a kill nothing is left writing.
 """
 
 from __future__ import annotations
@@ -62,46 +67,27 @@ import functools
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from ..errors import ConfigError, VideoSTError
 from ..fileio import atomic_open
-from . import decode, media
-from .annotations import AnnotationError
-from .decode import VideoReadError
-from .jobspec import (
-    INPUT_FORMATS,
-    SUBCOMMANDS,
-    ConfigError,
-    JobSpec,
-    VideoItem,
-    check_shard,
-    list_path,
-    manifest_path,
-    output_path,
-    plan,
-    read_inputs,
-    shard_items,
-)
+from ..data import decode
+from ..data.decode import VideoReadError
+from . import media, staging
+from .jobs import JobSpec, VideoItem, check_shard, list_path, manifest_path, output_path, plan, shard_items
 from .media import InvalidOutput
 from .pool import imap_isolating
 
 _log = logging.getLogger(__name__)
 
-__all__ = [  # AnnotationError: re-exported, so a caller of this module catches the one annotation error type
-    "SUBCOMMANDS", "INPUT_FORMATS", "AnnotationError", "ConfigError", "MergeError", "VideoItem", "JobSpec", "Record",
-    "ShardSummary", "read_inputs", "plan", "shard_items", "output_path", "manifest_path", "list_path",
-    "process_video", "run_shard", "merge",
-]
 
 # Errors of the machine, not of the video: every following video would fail the same way, so the shard stops.
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
-class MergeError(RuntimeError):
+class MergeError(VideoSTError, RuntimeError):
     """Shard lists missing: the merged list would leave videos out."""
 
 
@@ -174,8 +160,7 @@ def _scan(item: VideoItem, output: str | None, spec: JobSpec) -> tuple[str, str 
 
 
 def _resize(item: VideoItem, output: str, spec: JobSpec) -> tuple[str, str | None, int | None]:
-    tmp = _tmp_name(output)
-    _remove(tmp)  # left by a killed run
+    staging.remove_stale_temporaries(output)  # left by killed attempts
     if not os.path.exists(item.source):
         return "failed", "missing", None  # an existing output is left alone: the source may have been archived
     source = decode.probe(item.source)  # also silences FFmpeg's stderr before PyAV is used below
@@ -185,7 +170,7 @@ def _resize(item: VideoItem, output: str, spec: JobSpec) -> tuple[str, str | Non
             return "skipped", None, media.verify_resized(output, expected_frames=source.num_frames, size=size)
         except InvalidOutput as err:
             _log.info("redoing %s: %s", output, err)
-    with _staged(output, tmp):
+    with staging.staged(output) as tmp:
         count = media.encode_h264(item.source, tmp, size=size, crf=spec.crf, preset=spec.preset,
                                   x264_params=spec.x264_params, threads=spec.threads)
         media.check_count(item.source, decoded=count, declared=source.num_frames)
@@ -193,8 +178,7 @@ def _resize(item: VideoItem, output: str, spec: JobSpec) -> tuple[str, str | Non
 
 
 def _frames(item: VideoItem, output: str, spec: JobSpec) -> tuple[str, str | None, int | None]:
-    tmp = _tmp_name(output)
-    _remove(tmp)
+    staging.remove_stale_temporaries(output)
     if not os.path.exists(item.source):
         return "failed", "missing", None
     # Which frames, and so how many, come from decord's view of the source (count, average rate): the same
@@ -208,38 +192,12 @@ def _frames(item: VideoItem, output: str, spec: JobSpec) -> tuple[str, str | Non
             return "skipped", None, media.verify_frames(output, expected=len(indices))
         except InvalidOutput as err:
             _log.info("redoing %s: %s", output, err)
-    with _staged(output, tmp):
+    with staging.staged(output) as tmp:
         media.write_jpegs(item.source, tmp, indices=indices, quality=spec.quality)
     return "ok", None, len(indices)
 
 
 _STEPS = {"scan": _scan, "resize": _resize, "frames": _frames}
-
-
-@contextmanager
-def _staged(final: str, tmp: str) -> Iterator[str]:
-    """Write to ``tmp`` (same folder, so the rename is atomic), then replace ``final``. On an error the temporary
-    goes; on a kill (KeyboardInterrupt, SIGKILL) it stays under its temporary name, for the next run to remove."""
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    try:
-        yield tmp
-    except Exception:
-        _remove(tmp)
-        raise
-    _remove(final)  # os.replace cannot replace a folder
-    os.replace(tmp, final)
-
-
-def _tmp_name(output: str) -> str:
-    stem, ext = os.path.splitext(output)
-    return f"{stem}.tmp{ext}" if ext else f"{output}.tmp"
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
 
 
 # ------------------------------------------------------------------------------------------------ shards
@@ -262,7 +220,7 @@ def run_shard(
     os.makedirs(output, exist_ok=True)
     shard_list = list_path(output, spec.subcommand, shard=shard, num_shards=num_shards)
     if shard_list:
-        _remove(shard_list)  # until this run finishes, a merge must not take the previous run's list
+        staging.remove(shard_list)  # until this run finishes, a merge must not take the previous run's list
     manifest = manifest_path(output, spec.subcommand, shard=shard, num_shards=num_shards)
     _log.info("%s shard %d/%d: %d videos -> %s", spec.subcommand, shard, num_shards, len(items), manifest)
     records = []
@@ -283,7 +241,7 @@ def run_shard(
 
 def _process_all(items: list[VideoItem], *, spec: JobSpec, workers: int) -> Iterator[Record]:
     """Records in this process (in input order) or in a pool of ``workers`` processes (completion order; a
-    video whose worker dies becomes a ``failed`` record, see :func:`video_st.data.pool.imap_isolating`)."""
+    video whose worker dies becomes a ``failed`` record, see :func:`video_st.preprocess.pool.imap_isolating`)."""
     if workers == 1:
         return (process_video(item, spec=spec) for item in items)
     return imap_isolating(functools.partial(process_video, spec=spec), items, workers=workers,
