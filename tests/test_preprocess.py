@@ -634,12 +634,9 @@ def _cli(*args, timeout=180):
 
 
 def _main(argv):
-    import importlib.util
+    from tools.preprocess import main  # the tool in this process (tools/ is importable from the repository root)
 
-    spec = importlib.util.spec_from_file_location("preprocess_cli", ROOT / "tools/preprocess.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main([str(a) for a in argv])
+    return main([str(a) for a in argv])
 
 
 def test_cli_prints_counts_and_exits_0(videos, tmp_path):

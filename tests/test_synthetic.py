@@ -3,7 +3,6 @@ and classes that only motion can tell apart. Small sizes: the whole file runs in
 
 import csv
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -327,10 +326,9 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 def _tool_main():
-    spec = importlib.util.spec_from_file_location("make_synthetic_dataset", REPO / "tools" / "make_synthetic_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from tools.make_synthetic_dataset import main  # tools/ is importable from the repository root
+
+    return main
 
 
 def test_cli_argument_errors_are_clear(tmp_path, capsys):

@@ -29,6 +29,7 @@ a complete dataset. Same seed -> byte-identical files (single-threaded encoders,
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -113,9 +114,10 @@ class DatasetSummary:
 # ----------------------------------------------------------------------------------------------- public API
 
 
-def make_k400_style(
+def make_dataset(
     root: str | os.PathLike,
     *,
+    style: str,
     num_classes: int = 4,
     train_per_class: int = 16,
     val_per_class: int = 4,
@@ -128,40 +130,27 @@ def make_k400_style(
     overwrite: bool = False,
     grain: float = 0.0,
 ) -> DatasetSummary:
-    """A Kinetics-400-style dataset (CSV annotations, H.264 MP4 per split folder) under ``root``.
+    """A generated dataset in the real format of ``style`` under ``root``.
 
-    Classes: "moving left/right/up/down" (num_classes <= 4), then the same directions "... fast" (up to 8).
+    - ``"k400"``: Kinetics-400-style, CSV annotations, H.264 MP4 per split folder; classes "moving
+      left/right/up/down" (num_classes <= 4), then the same directions "... fast" (up to 8).
+    - ``"ssv2"``: Something-Something-v2-style, labels/train/validation JSON, VP9 WebM in videos/; templates
+      "Moving [something] from left to right", "... from right to left", "Pushing [something] up", "Pulling
+      [something] down", then "Quickly ..." versions (up to 8).
+
     ``corrupt`` maps kind -> count ("zero", "truncated", "garbage"), planted among train and val videos.
     Refuses a non-empty ``root`` unless ``overwrite`` (which replaces only the files this module writes).
     """
-    return _make(root, style="k400", num_classes=num_classes, train_per_class=train_per_class,
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    return _make(root, style=style, num_classes=num_classes, train_per_class=train_per_class,
                  val_per_class=val_per_class, num_frames=num_frames, height=height, width=width, fps=fps,
                  seed=seed, corrupt=corrupt, overwrite=overwrite, grain=grain)
 
 
-def make_ssv2_style(
-    root: str | os.PathLike,
-    *,
-    num_classes: int = 4,
-    train_per_class: int = 16,
-    val_per_class: int = 4,
-    num_frames: int = 32,
-    height: int = 66,
-    width: int = 88,
-    fps: int = 10,
-    seed: int = 0,
-    corrupt: Mapping[str, int] | None = None,
-    overwrite: bool = False,
-    grain: float = 0.0,
-) -> DatasetSummary:
-    """A Something-Something-v2-style dataset (labels/train/validation JSON, VP9 WebM in videos/) under ``root``.
-
-    Templates: "Moving [something] from left to right", "... from right to left", "Pushing [something] up",
-    "Pulling [something] down", then "Quickly ..." versions (up to 8). Other arguments as :func:`make_k400_style`.
-    """
-    return _make(root, style="ssv2", num_classes=num_classes, train_per_class=train_per_class,
-                 val_per_class=val_per_class, num_frames=num_frames, height=height, width=width, fps=fps,
-                 seed=seed, corrupt=corrupt, overwrite=overwrite, grain=grain)
+# The two styles by name (what the tools and tests call).
+make_k400_style = functools.partial(make_dataset, style="k400")
+make_ssv2_style = functools.partial(make_dataset, style="ssv2")
 
 
 def parse_corrupt_spec(text: str) -> dict[str, int]:

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models.dispatch import calibrate
-from .models.flops import count_flops, count_params
+from ..models.calibrate import calibrate
+from ..models.factory import create_model
+from ..models.flops import count_flops, count_params
 
 _log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def _attempt(rows: dict[str, dict[str, Any]], name: str, keep_going: bool, what:
         return False
 
 
-def run_benchmark(spec: BenchSpec, create_model: Callable[..., nn.Module]) -> list[dict[str, Any]]:
+def run_benchmark(spec: BenchSpec) -> list[dict[str, Any]]:
     """One row per method: params, GFLOPs, inference clips/s, train step time, bytes saved for backward.
 
     Inference (GFLOPs, clips/s) is measured on ``inference_model`` (LoRA merged), training on the model as built.
@@ -257,29 +258,3 @@ def run_benchmark(spec: BenchSpec, create_model: Callable[..., nn.Module]) -> li
 
             _attempt(rows, name, spec.keep_going, "memory", memory)
     return list(rows.values())
-
-
-def add_ratios(rows: list[dict[str, Any]], *, reference: str, keys: Sequence[str], suffix: str) -> None:
-    """Add ``key/suffix`` = row[key] / reference_row[key] for each key (when the reference row has it)."""
-    ref = next((r for r in rows if r["method"] == reference), None)
-    if ref is None:
-        return
-    for row in rows:
-        for key in keys:
-            if key in row and ref.get(key):
-                row[f"{key}/{suffix}"] = row[key] / ref[key]
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    def fmt(value: Any) -> str:
-        if isinstance(value, float):
-            if value != value:  # nan
-                return "nan"
-            if 0 < abs(value) < 0.01:
-                return f"{value:.3g}"  # tiny models' GFLOPs: keep three significant digits
-            return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-        return str(value).replace("|", "\\|").replace("\n", " ")  # one cell
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)

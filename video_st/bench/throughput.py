@@ -1,4 +1,4 @@
-"""Data-pipeline throughput per worker, side by side in one process (``tools/benchmark.py data``).
+"""Data-pipeline throughput per worker, side by side in one process (``tools/benchmark.py data``: ``report``).
 
 Every measurement reads the same videos, interleaved video by video so that machine load hits all alike:
 - training: the raw decoder (open + one batch read of a clip's frames: the floor) against each training pipeline
@@ -9,17 +9,21 @@ Every measurement reads the same videos, interleaved video by video so that mach
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from .datasets import ClipSpec, VideoRecord
-from .decode import open_video
-from .sampling import train_indices, view_indices
-from .transforms import EvalTransform, TrainTransform
+from ..data.annotations import VideoRecord, read_k400_csv
+from ..data.decode import open_video
+from ..data.sampling import ClipSpec, train_indices, view_indices
+from ..data.transforms import BatchAugment, EvalTransform, TrainTransform
+from ..synthetic.datasets import make_k400_style
 
 # The test protocols of the issues: K400 1 temporal x 3 spatial, SSv2 3 temporal x 1 spatial (TSN segments);
 # and VideoMAE-style dense temporal clips, whose views lie in different parts of the video.
@@ -60,9 +64,10 @@ class _Clock:
         self.totals[self._key] = self.totals.get(self._key, 0.0) + time.perf_counter() - self._start
 
 
-def measure(records: Sequence[VideoRecord], *, clip: ClipSpec, transforms: Mapping[str, TrainTransform], size: int = 224,
-            protocols: Mapping[str, ClipSpec] = TEST_PROTOCOLS, rounds: int = 3, backend: str = "decord",
-            seed: int = 0) -> DataThroughput:
+def pipeline_throughput(records: Sequence[VideoRecord], *, clip: ClipSpec, transforms: Mapping[str, TrainTransform],
+                        size: int = 224, protocols: Mapping[str, ClipSpec] = TEST_PROTOCOLS, rounds: int = 3,
+                        backend: str = "decord", seed: int = 0) -> DataThroughput:
+    """Clips/s of the raw read and of each training pipeline, and each protocol's all-views / one-clip cost."""
     evals = {name: EvalTransform(size=size, num_crops=spec.num_spatial_views) for name, spec in protocols.items()}
     clock, count = _Clock(), 0
     for _ in range(rounds):
@@ -91,3 +96,46 @@ def measure(records: Sequence[VideoRecord], *, clip: ClipSpec, transforms: Mappi
     return DataThroughput(videos=len(records), raw_clips_s=count / t["raw"],
                           pipeline_clips_s={name: count / t[f"pipeline {name}"] for name in transforms},
                           views_cost={name: t[f"all {name}"] / t[f"one {name}"] for name in protocols})
+
+
+def report(*, csv: str | None = None, root: str | None = None, videos: int = 16, video_frames: int = 300,
+           height: int = 240, width: int = 320, grain: float = 5.0, frames: int = 8, stride: int = 8, size: int = 224,
+           rounds: int = 3) -> int:
+    """Print the data table: ``pipeline_throughput`` on the first ``videos`` of ``csv`` (or of a synthetic
+    K400-style set generated in a temporary folder: ``video_frames`` long, ``height`` x ``width``, film grain
+    ``grain``), then what augment_on=device moves into the training process (BatchAugment on this CPU). Sets torch
+    to one thread: one loader worker's view of the machine."""
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if csv:
+            records, _ = read_k400_csv(csv, root or os.path.dirname(csv))
+        else:
+            # 300 frames = 10 s at 30 fps, the length of a Kinetics clip.
+            summary = make_k400_style(tmp, num_classes=4, train_per_class=max(1, videos // 4), val_per_class=1,
+                                      num_frames=video_frames, height=height, width=width, fps=30, seed=0, grain=grain)
+            records, _ = read_k400_csv(summary.annotation_files["train"], tmp)
+        records = records[:videos]
+        clip = ClipSpec(sampling="dense", num_frames=frames, stride=stride)
+        pipelines = {"crop + flip (uint8 out: augment_on=device, the default)":
+                         TrainTransform(size=size, rand_augment=None, output="uint8"),
+                     "crop + flip + normalise": TrainTransform(size=size, rand_augment=None),
+                     "crop + flip + RandAugment (2, 9) + normalise (augment_on=worker)":
+                         TrainTransform(size=size, rand_augment=(2, 9))}
+        result = pipeline_throughput(records, clip=clip, transforms=pipelines, size=size, rounds=rounds)
+    source = csv or f"synthetic K400-style, {video_frames} frames at {height} x {width}, grain {grain}"
+    print(f"{result.videos} videos ({source}) x {rounds} rounds, training clip {frames} x stride "
+          f"{stride}, crop {size}, 1 thread (one loader worker)")
+    print("| measure | value |\n|---|---|")
+    print(f"| raw decord read, clips/s | {result.raw_clips_s:.2f} |")
+    for name, clips_s in result.pipeline_clips_s.items():
+        print(f"| decode + {name}, clips/s (overhead over raw) | {clips_s:.2f} ({100 * result.overhead(name):.1f}%) |")
+    for name, cost in result.views_cost.items():
+        print(f"| test views {name}: all views / one clip | {cost:.2f}x |")
+    # What augment_on=device moves into the training process, timed here on the CPU (on a GPU it is far cheaper).
+    batch = torch.randint(0, 256, (8, 3, frames, size, size), dtype=torch.uint8)
+    augment, start = BatchAugment(rand_augment=(2, 9)), time.perf_counter()
+    for _ in range(rounds):
+        augment(batch)
+    per_clip = (time.perf_counter() - start) / (rounds * len(batch))
+    print(f"| BatchAugment (RandAugment 2, 9 + normalise) on this CPU, ms per clip | {1000 * per_clip:.1f} |")
+    return 0

@@ -1,0 +1,257 @@
+"""tools/benchmark.py train-methods: a short training and the multi-view test of every method on one dataset.
+
+Each method runs the project's own tools in a subprocess from the repository root (tools/train_net.py with
+--config and model.method=M, then tools/test_net.py on its final model, or its best with test_checkpoint="best"),
+one run folder per method with the tools' output in train.log / test.log. The results are read from what those
+runs write (test/summary.json, log.jsonl, classes.json); the GFLOPs are counted on the trained model as the test
+loads it (input-dependent models: the mean over real test clips). Then a JSON of rows, a markdown table beside it
+and a plot of test top-1 vs GFLOPs (``plots``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import load_config
+from ..engine import multiview as tester  # the test tool's loading: the one name to change if the module moves
+from ..engine.build import eval_dataset, read_split
+from ..fileio import write_atomic
+from ..models.flops import count_params
+from .measure import gflops_of, inference_model, is_input_dependent, machine_info, seeded_clip
+from .plots import plot_accuracy_vs_gflops
+from .tables import add_ratios, markdown_table, notes
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # where tools/ lies
+
+COLUMNS = ["method", "lr", "epochs", "trainable_m", "gflops", "gflops/full", "test_top1_pct", "test_top5_pct",
+           "mean_class_acc_pct", "best_val_top1_pct", "train_s", "notes"]
+# test/summary.json (engine.multiview.run_test) key -> row key; its other keys below are bookkeeping, and what is
+# neither (the token statistics of dynamic models) goes to the row's test_extra
+FROM_SUMMARY = {"top1": "test_top1", "top5": "test_top5", "mean_class_accuracy": "mean_class_acc", "videos": "test_videos",
+                "views_per_video": "test_views", "gflops_per_view": "gflops_engine", "checkpoint": "checkpoint"}
+SUMMARY_BOOKKEEPING = {"checkpoint_kind", "excluded", "partial", "temporal_views", "spatial_views", "ensemble",
+                       "gflops_per_video", "clips_per_s", "world_size", "test_file", "method", "test_time_changes",
+                       "results"}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    methods: Sequence[str]
+    config: str = "configs/tiny_cpu.yaml"  # training and test config of every method
+    backbone: str = "outputs/demo/backbone.pt"  # model.pretrained
+    data: str = "outputs/demo/k400"  # K400-style root with annotations/{train,val}.csv
+    output_dir: str = "outputs/methods"  # one run folder per method under it
+    epochs: int | None = None  # optim.epochs (None: the config's)
+    lr_for: Mapping[str, float] = field(default_factory=dict)  # optim.lr per method (else the config's)
+    overrides: Sequence[str] = ()  # key=value for every run
+    test_checkpoint: str = "final"  # final: model_final.pt; best: the run's checkpoints/best
+    flop_clips: int = 8  # test clips the GFLOPs of input-dependent models average
+    seed: int = 0  # of the random clip the GFLOPs of static models use
+    timeout: float | None = None  # seconds per training or test run
+    skip_done: bool = False  # reuse a method's finished run (test summary there, recorded settings equal)
+    plot: str | None = None  # PNG of test top-1 vs GFLOPs
+    out: str | None = None  # JSON of the rows (None: OUTPUT_DIR/methods.json); the table beside it, .md
+
+
+def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
+    """Train and test every method of ``sweep``, print one line per method and the table, write the JSON (with
+    ``args``, the command line), the markdown and the plot; 1 if a method failed."""
+    base = load_config(sweep.config, list(sweep.overrides))
+    data = os.path.abspath(sweep.data)
+    common = [f"model.pretrained={os.path.abspath(sweep.backbone)}", f"data.root={data}",
+              f"data.train={os.path.join(data, 'annotations', 'train.csv')}",
+              f"data.val={os.path.join(data, 'annotations', 'val.csv')}", "log.progress=false", *sweep.overrides]
+    if sweep.epochs is not None:
+        common.append(f"optim.epochs={sweep.epochs}")
+    epochs = sweep.epochs or int(base.optim.epochs)
+    rows = []
+    for method in sweep.methods:
+        lr = sweep.lr_for.get(method, float(base.optim.lr))
+        row = method_row(sweep, method, lr=lr, epochs=epochs, common=common)
+        rows.append(row)
+        print(f"[{method}] " + (f"error: {row['error']}" if row.get("error") else
+                                f"test top-1 {row.get('test_top1_pct', float('nan')):.1f}%, {row.get('gflops', 0):.4f} GFLOPs"),
+              flush=True)
+
+    add_ratios(rows, reference="full", keys=["gflops", "trainable_m"], suffix="full")
+    geometry = f"{base.model.arch}, {base.data.num_frames} x {base.data.size}"
+    views = f"{base.test.temporal_views} x {base.test.spatial_views} views"
+    table = markdown_table(rows, [c for c in COLUMNS if c in ("method", "notes") or any(c in r for r in rows)])
+    header = (f"{geometry}, {sweep.config} + model.method=M, backbone {sweep.backbone}, data {sweep.data}; test: "
+              f"{sweep.test_checkpoint} model, {views}")
+    print(header)
+    print(table)
+    out_json = sweep.out or os.path.join(sweep.output_dir, "methods.json")
+    write_atomic(out_json, json.dumps({"args": dict(args or {}), "machine": machine_info("cpu"), "rows": rows},
+                                      indent=2, default=str) + "\n")
+    write_atomic(os.path.splitext(out_json)[0] + ".md", header + "\n\n" + table + "\n")
+    if sweep.plot:
+        plot_accuracy_vs_gflops(rows, sweep.plot, f"{geometry}: {epochs} epoch{'s' * (epochs != 1)} on {sweep.data}, "
+                                                  f"test ({sweep.test_checkpoint} model, {views})")
+        print(f"plot: {sweep.plot}")
+    failed = [r["method"] for r in rows if r.get("error")]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def method_row(sweep: Sweep, method: str, *, lr: float, epochs: int, common: Sequence[str]) -> dict[str, Any]:
+    """One method: train and test it (or reuse its finished run with ``skip_done``), read the results."""
+    folder = os.path.abspath(os.path.join(sweep.output_dir, method))
+    overrides = [*common, f"output_dir={folder}", f"model.method={method}", f"optim.lr={lr}"]
+    settings = {"overrides": overrides, "config": sweep.config, "test_checkpoint": sweep.test_checkpoint}
+    row: dict[str, Any] = {"method": method, "lr": lr, "epochs": epochs}
+    checkpoint = os.path.join(folder, "model_final.pt") if sweep.test_checkpoint == "final" else None
+    test_dir = os.path.join(folder, "test")
+    done = sweep.skip_done and _read_json(os.path.join(folder, "benchmark_settings.json")) == settings \
+        and os.path.exists(os.path.join(test_dir, "summary.json"))
+    if not done:
+        _prepare_run_dir(folder)
+        print(f"[{method}] training (lr {lr}) -> {folder}", flush=True)
+        config = ["--config", sweep.config, *overrides]
+        steps = [("training", "train", ["tools/train_net.py", *config, "checkpoint.resume=none"]),
+                 ("test", "test", ["tools/test_net.py", *config, "--output", test_dir]
+                  + (["--checkpoint", checkpoint] if checkpoint else []))]
+        for what, name, cmd in steps:
+            log = os.path.join(folder, f"{name}.log")
+            code, row[f"{name}_s"] = _run_logged([sys.executable, *cmd], log, sweep.timeout)
+            if code != 0:
+                row["error"] = f"{what} exited {code} (log: {folder}/{name}.log): {_tail(log)}"
+                break
+        else:
+            write_atomic(os.path.join(folder, "benchmark_settings.json"), json.dumps(settings, indent=1))
+    else:
+        previous = _read_json(os.path.join(folder, "benchmark_row.json")) or {}
+        row.update({k: previous[k] for k in ("train_s", "test_s") if k in previous})
+    if "error" not in row:
+        row.update(summary_fields(_read_json(os.path.join(test_dir, "summary.json")) or {}))
+        row.update(run_log_summary(folder))
+        classes = _read_json(os.path.join(folder, "classes.json"))
+        row["num_classes"] = len(classes) if isinstance(classes, list) else None
+        try:
+            cfg = load_config(sweep.config, overrides)
+            row.update(trained_model_gflops(cfg, checkpoint, sweep.flop_clips, sweep.seed))
+        except Exception as err:  # a row without GFLOPs is still worth its accuracy
+            row["error"] = f"GFLOPs: {type(err).__name__}: {err}"
+        write_atomic(os.path.join(folder, "benchmark_row.json"), json.dumps(row, indent=1, default=str))
+    for key in ("test_top1", "test_top5", "mean_class_acc", "best_val_top1"):
+        if isinstance(row.get(key), (int, float)) and not math.isnan(row[key]):
+            row[f"{key}_pct"] = 100 * row[key]
+    chance = 1 / row["num_classes"] if row.get("num_classes") else None
+    cells = [n for n in [notes(row)] if n]
+    if row.get("keep_rates"):
+        cells.append("keep rates " + ", ".join(f"{k:g}" for k in row["keep_rates"]))
+    if chance and row.get("test_top1") is not None and row["test_top1"] <= 1.5 * chance:
+        cells.append("did not learn (top-1 near chance): try --lr-for")
+    row["notes"] = "; ".join(cells)
+    return row
+
+
+def summary_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's part of a test summary.json: FROM_SUMMARY renamed, and ``test_extra`` for what the summary has
+    beyond its fixed keys (e.g. the token statistics of dynamic models)."""
+    out: dict[str, Any] = {row_key: summary.get(key) for key, row_key in FROM_SUMMARY.items()}
+    extra = {k: v for k, v in summary.items() if k not in FROM_SUMMARY and k not in SUMMARY_BOOKKEEPING}
+    if extra:
+        out["test_extra"] = extra
+    return out
+
+
+def run_log_summary(output_dir: str) -> dict[str, Any]:
+    """From the run's log.jsonl: the best validation top-1, the last epoch's and the optimizer steps."""
+    out: dict[str, Any] = {}
+    try:
+        with open(os.path.join(output_dir, "log.jsonl"), encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return out
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    done = [r for r in records if r.get("kind") == "done"]
+    if epochs:
+        out["last_val_top1"] = epochs[-1].get("val_top1")
+        out["steps"] = epochs[-1].get("step")
+    if done:
+        out["best_val_top1"] = done[-1].get("best_val_top1")
+    return out
+
+
+def trained_model_gflops(cfg: Any, checkpoint: str | None, flop_clips: int, seed: int) -> dict[str, Any]:
+    """Load the trained model as tools/test_net.py does and count its inference GFLOPs (LoRA merged) at the
+    config's test geometry: on one seeded random clip, or for an input-dependent model the mean over the first
+    ``flop_clips`` readable test clips (the central crop of one view), where count_flops takes real inputs."""
+    loaded, _ = tester.load_for_test(cfg, tester.checkpoint_path(cfg, checkpoint))
+    model = loaded.model
+    params = count_params(model)
+    dynamic = is_input_dependent(model)
+    keep_rates = list(getattr(model, "keep_rates", ()))
+    infer = inference_model(model).eval()
+    merged, model = infer is not model, infer
+    shape = (1, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size)
+    out: dict[str, Any] = {"trainable_m": params["trainable"] / 1e6, "params_m": params["total"] / 1e6,
+                           "input_dependent": dynamic, "keep_rates": keep_rates, "lora_merged_for_inference": merged}
+    if dynamic and flop_clips > 0:
+        records, _ = read_split(cfg, "test", tester.class_names_for(cfg, loaded))
+        dataset = eval_dataset(cfg, records)
+        values = []
+        for index in range(len(dataset)):
+            item = dataset[index]
+            if item["views"] is not None:
+                values.append(gflops_of(model, item["views"][:1].float()))
+            if len(values) == flop_clips:
+                break
+        if not values:
+            raise RuntimeError(f"no readable clip in the test split {cfg.data.test or cfg.data.val} to count FLOPs on")
+        out.update(gflops=sum(values) / len(values), gflops_min=min(values), gflops_max=max(values),
+                   gflops_clips=len(values))
+    else:
+        out["gflops"] = gflops_of(model, seeded_clip(shape, seed=seed))
+    return out
+
+
+def _run_logged(cmd: list[str], log_path: str, timeout: float | None) -> tuple[int, float]:
+    """Run ``cmd`` from the repository root with stdout and stderr into ``log_path``; (exit code, seconds)."""
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        try:
+            code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"\ntimed out after {timeout} s\n")
+            code = 124
+    return code, time.perf_counter() - start
+
+
+def _tail(path: str, lines: int = 2) -> str:
+    """The last lines of a log, on one line (the whole log stays in the run folder)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return " // ".join(line.strip() for line in f.readlines()[-lines:] if line.strip())
+    except OSError:
+        return ""
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _prepare_run_dir(folder: str) -> None:
+    """A method's output folder starts empty (log.jsonl appends); only a folder a run wrote is removed."""
+    if os.path.isdir(folder) and os.listdir(folder):
+        if not any(os.path.exists(os.path.join(folder, f)) for f in ("config.yaml", "log.jsonl", "train.log")):
+            raise SystemExit(f"error: {folder} exists and is not a run folder of this tool; choose another --output-dir")
+        shutil.rmtree(folder)
+    os.makedirs(folder, exist_ok=True)

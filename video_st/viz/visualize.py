@@ -1,0 +1,88 @@
+"""One clip, one checkpoint -> the token drawings: the clip goes through the project's own test path (decode,
+temporal view, short-side resize, spatial crop, normalisation: video_st/engine/build.py eval_dataset), so the drawn
+frames are exactly what the model saw; the model is loaded as tools/test_net.py loads it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ..data.annotations import VideoRecord
+from ..engine import multiview  # the test-time loading of tools/test_net.py: checkpoint_path, load_for_test
+from ..engine.build import eval_dataset
+from .draw import default_scale, denormalize, draw_all
+from .tokens import VisualizeError, geometry, kept_masks, kept_token_ids, stage_labels, summary_lines
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """What :func:`visualize` drew, from what."""
+
+    video: str
+    view: tuple[int, int]
+    checkpoint: str
+    kind: str  # how the checkpoint was loaded (engine.loading.Loaded.kind)
+    written: list[str]
+    summary: list[str]  # one line per stage
+
+    def report(self) -> str:
+        lines = [f"{self.video}, view {self.view[0]},{self.view[1]}; checkpoint {self.checkpoint} ({self.kind})"]
+        return "\n".join(lines + [f"wrote {file}" for file in self.written] + self.summary)
+
+
+def parse_view(text: str | None, temporal: int, spatial: int) -> tuple[int, int]:
+    """``"T,S"`` -> (temporal view, spatial crop); None -> the centre ones (one view: that view)."""
+    if text is None:
+        return temporal // 2, spatial // 2
+    try:
+        t, s = (int(part) for part in text.split(","))
+    except ValueError:
+        raise VisualizeError(f"--view {text!r}: expected T,S (two integers), e.g. 0,1") from None
+    if not (0 <= t < temporal and 0 <= s < spatial):
+        raise VisualizeError(f"--view {text!r} outside the config's {temporal} temporal x {spatial} spatial views "
+                             "(test.temporal_views, test.spatial_views)")
+    return t, s
+
+
+def load_clip(cfg: DictConfig, video: str, view: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
+    """The model input (C, T, H, W) of ``view`` through the test data path, and the same clip as uint8 RGB frames
+    (T, H, W, 3), denormalised with the transform's own mean/std."""
+    temporal, spatial = cfg.test.temporal_views, cfg.test.spatial_views
+    record = VideoRecord(path=video, label=-1, video_id=os.path.basename(video))
+    dataset = eval_dataset(cfg, [record], temporal_views=temporal, spatial_views=spatial)
+    item = dataset[0]
+    index = view[0] * spatial + view[1]  # views are temporal-major (VideoClipDataset)
+    if item["views"] is None or not item["view_ok"][index]:
+        raise VisualizeError(f"{video}: {item['error'] or f'view {view[0]},{view[1]} did not decode'}")
+    clip = item["views"][index]
+    return clip, denormalize(clip, dataset.transform.mean, dataset.transform.std)
+
+
+def load_model(cfg: DictConfig, checkpoint: str | None):
+    """The model exactly as tools/test_net.py loads it (LoRA merged), in eval mode on the CPU: one clip does not
+    need a GPU, and fp32 keeps the token ranking identical to the reference run. Returns (model, path, kind)."""
+    path = multiview.checkpoint_path(cfg, checkpoint)
+    loaded, _ = multiview.load_for_test(cfg, path)
+    loaded.model.merge_lora()
+    return loaded.model.eval(), path, loaded.kind
+
+
+def visualize(cfg: DictConfig, video: str, out: str, *, checkpoint: str | None = None, view: str | None = None,
+              scale: int = 0, fps: float = 4.0) -> Drawn:
+    """Draw which tokens each reduction stage of the model at ``checkpoint`` kept over ``view`` ("T,S"; None: the
+    centre one) of ``video`` into ``out``; ``scale`` 0 enlarges the frames to at least draw.MIN_TILE pixels."""
+    picked = parse_view(view, cfg.test.temporal_views, cfg.test.spatial_views)
+    if not os.path.exists(video):  # before loading a model: the cheapest mistake to report
+        raise VisualizeError(f"{video}: no such file")
+    model, path, kind = load_model(cfg, checkpoint)
+    geo = geometry(model)
+    clip, frames = load_clip(cfg, video, picked)
+    kept = kept_token_ids(model, clip, path)
+    labels = stage_labels(model, len(kept))
+    masks = kept_masks(kept, geo)
+    written = draw_all(frames, masks, labels, geo, scale=scale or default_scale(geo), fps=fps, view=picked, out=out)
+    return Drawn(video, picked, path, kind, written, summary_lines(masks, labels, geo))
