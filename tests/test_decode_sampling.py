@@ -40,7 +40,7 @@ def test_probe_and_open_once(video_files):
 @pytest.mark.parametrize(
     "kind, cause",
     [("missing", "no such file"), ("empty", "empty file"), ("garbage", "cannot open"), ("no_video", "no video stream"),
-     ("truncated", ".")],
+     ("truncated", "cannot open .*Invalid data")],  # its index (moov) is at the end, cut off
 )
 def test_every_bad_file_gives_the_project_error(video_files, backend, kind, cause):
     with pytest.raises(VideoReadError, match=cause) as info:
