@@ -79,6 +79,12 @@ RULES: tuple[Rule, ...] = (
         timeout=1500,
     ),
     Rule(
+        "predict", "bash", "python tools/predict.py outputs/demo/k400/val", run="demo",
+        reason="it predicts the demo's K400-style validation videos with the demo's trained model: run after make "
+               "demo (slow) as written, outputs/demo moved to the demo folder",
+        demo_subs=((r"outputs/demo", "{demo}"),),
+    ),
+    Rule(
         "training and testing", "bash", "python tools/train_net.py --config configs/datasets/k400.yaml", run="fast",
         reason="ViT-B/16 at 8 x 224 on K400 does not train on a CPU in seconds: the dataset + method files become "
                "configs/tiny_cpu.yaml (the same method, sparse_tuning, on the 4-layer model at 4 x 32 x 32) for 2 "
@@ -493,6 +499,9 @@ def test_block_runs_after_demo(name, demo, tmp_path):
     what = f"README block {block.index} ({rule.name}, README.md:{block.line}) after make demo"
     code = apply(block.code, rule.demo_subs, rule.drop, {"demo": str(demo), "venv": str(VENV)}, what=what)
     run_code(block.lang, code, timeout=rule.timeout, what=what, tmp=tmp_path)
+    if name == "predict":
+        document = json.loads((demo / "predictions/predictions.json").read_text())
+        assert (document["videos"], document["predicted"]) == (64, 63), f"{what}: {document['videos']} videos"
     if name == "visualize tokens":
         out = demo / "sparse_tuning/tokens"
         for f in ("overview.png", "tokens.gif"):

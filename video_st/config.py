@@ -35,7 +35,7 @@ from .fileio import write_atomic
 
 @dataclass
 class DataConfig:
-    dataset: str = "k400"  # k400 (official CSV) | ssv2 (labels + split JSON) | list ("path label") | frames
+    dataset: str = "k400"  # k400 (CSV) | ssv2 (labels + split JSON) | list ("path label") | frames | folder (CLASS/ dirs)
     root: str = ""  # folder the annotation paths are relative to
     train: str = ""  # annotation file of each split
     val: str = ""
@@ -136,7 +136,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.dataset": ("k400", "ssv2", "list", "frames"),
+    "data.dataset": ("k400", "ssv2", "list", "frames", "folder"),
     "data.missing": ("error", "skip"),
     "data.backend": ("decord", "pyav"),
     "data.sampling": ("dense", "segment"),

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..config import to_dict
-from ..data.annotations import VideoRecord, read_k400_csv, read_labelled_list, read_ssv2
+from ..data.annotations import VideoRecord, read_class_folders, read_k400_csv, read_labelled_list, read_ssv2
 from ..data.datasets import VideoClipDataset, check_files
 from ..data.sampling import ClipSpec
 from ..data.transforms import EvalTransform, TrainTransform
@@ -71,6 +71,26 @@ def split_file(cfg: DictConfig, split: str) -> str:
     return path
 
 
+def _split_folder(cfg: DictConfig, split: str) -> str:
+    """``data.dataset=folder``: the folder of ``split`` (its class folders inside). ``data.{split}`` names it: an
+    absolute path as is, a relative one under ``data.root`` (under the working folder without a root); empty means
+    ``ROOT/{split}`` (the test split: data.val's folder, as for the other formats)."""
+    data = cfg.data
+    key = split if data[split] or split != "test" else "val"
+    if data.labels:
+        raise ConfigError(f"data.labels={data.labels}: data.dataset=folder takes its class names from the class "
+                          "folders; drop data.labels")
+    name = data[key] or key
+    if not data[key] and not data.root:
+        raise ConfigError(f"data.{key} and data.root are empty: give data.root (the folder holding {key}/CLASS/...)"
+                          f" or data.{key} (the {split} split's folder)")
+    path = name if os.path.isabs(name) else os.path.join(data.root, name)
+    if not os.path.isdir(path):
+        raise ConfigError(f"data.{key}={data[key] or '(empty)'}: no such folder {path} (data.dataset=folder: "
+                          f"{'data.root/' if not os.path.isabs(name) else ''}{name}/CLASS/video files)")
+    return path
+
+
 def read_split(cfg: DictConfig, split: str, class_names: list[str] | None = None) -> tuple[list[VideoRecord], list[str]]:
     """Records of ``split`` ("train", "val", "test") and the class names, with missing files checked all at once.
 
@@ -79,7 +99,12 @@ def read_split(cfg: DictConfig, split: str, class_names: list[str] | None = None
     ``class_names`` order whatever order the file lists its classes in, a class they do not hold is an
     ``AnnotationError`` naming it and the file, and ``class_names`` is returned. Bare class indices (a list without
     ``data.labels``) are matched by position only when ``class_names`` are bare indices too."""
-    data, path = cfg.data, split_file(cfg, split)
+    data = cfg.data
+    if data.dataset == "folder":
+        path = _split_folder(cfg, split)
+        records, names = read_class_folders(path, data.root, class_names=class_names)
+        return check_files(records, source=path, missing=data.missing, invalid_list=data.scan_list), names
+    path = split_file(cfg, split)
     if data.dataset == "k400":
         records, names = read_k400_csv(path, data.root, class_names)
     elif data.dataset == "ssv2":
