@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from video_st import Predictor
-from video_st.data.annotations import AnnotationError, read_class_folders, read_k400_csv
+from video_st.data.annotations import AnnotationError, read_k400_csv
+from video_st.data.folders import read_class_folders
 
 from .conftest import tiny_overrides
 

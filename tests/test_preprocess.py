@@ -264,7 +264,7 @@ def test_a_crashing_worker_fails_only_its_video(videos, tmp_path, monkeypatch):
 
 
 def test_stale_temporaries_are_never_outputs_and_go_on_the_next_run(videos, tmp_path):
-    from video_st.data.annotations import read_video_folder
+    from video_st.data.folders import read_video_folder
 
     out = tmp_path / "out"
     (out / "a").mkdir(parents=True)

@@ -32,7 +32,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import load_config
-from ..data.annotations import VideoRecord, read_video_folder
+from ..data.annotations import VideoRecord
+from ..data.folders import read_video_folder
 from ..data.datasets import make_loader
 from ..errors import ConfigError, VideoSTError
 from ..fileio import write_atomic

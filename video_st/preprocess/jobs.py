@@ -23,8 +23,8 @@ from ..data.annotations import (
     read_k400_csv,
     read_path_label_list,
     read_ssv2,
-    read_video_folder,
 )
+from ..data.folders import read_video_folder
 
 _log = logging.getLogger(__name__)
 

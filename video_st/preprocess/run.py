@@ -25,7 +25,7 @@ Subcommands (``JobSpec.subcommand``):
 
 Inputs (``input_format``; ``auto``: a folder, ``*.csv`` K400, ``*.json`` SSv2, anything else a list):
 
-- ``folder``: every video below it (``annotations.read_video_folder``: recursive, sorted by relative path).
+- ``folder``: every video below it (``folders.read_video_folder``: recursive, sorted by relative path).
 - ``k400``: a Kinetics CSV (``annotations.read_k400_csv``; file order). Files are ``ROOT/NAME``,
   ``ROOT/SPLIT/NAME`` or ``ROOT/SPLIT/LABEL/NAME``, the first that exists, else the video is ``failed``
   "missing". Labels index the CSV's sorted class names, or ``classes`` (a JSON list or one name per line).
@@ -53,7 +53,7 @@ Resuming: a finished output is skipped only after it is verified (``media.verify
 attempt in the same folder (``name.tmp.HOST-PID-TOKEN.mp4``, ``name.tmp.HOST-PID-TOKEN/``: unique per attempt,
 so two attempts never write, remove or rename each other's file; the same folder, so the final rename is
 atomic) and renamed when complete, so a killed job never leaves a half-written file under a final name. A
-temporary is never an output: the ``.tmp.`` in its name keeps it out of ``annotations.read_video_folder`` and
+temporary is never an output: the ``.tmp.`` in its name keeps it out of ``folders.read_video_folder`` and
 out of every check here, which look only at final names. When a video comes up again, the temporaries of its
 earlier attempts are removed, except those of a process still running on this host (never a sweep of the
 tree: another shard may be writing its temporaries right now). Pool workers die with the job's process

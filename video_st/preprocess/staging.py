@@ -1,7 +1,7 @@
 """Where a preprocessing output is written before it exists: a temporary of its own attempt, renamed when whole.
 
 A temporary is ``<final stem>.tmp.<host>-<pid>-<token><final ext>`` in the output's own folder: the ".tmp."
-marker keeps it out of ``annotations.read_video_folder`` (and of any listing of outputs); host and pid tell
+marker keeps it out of ``folders.read_video_folder`` (and of any listing of outputs); host and pid tell
 whether its attempt may still be running; the token makes it unique even when a pid is reused; the same folder
 makes the final rename atomic. When a video comes up again, the temporaries of its earlier attempts are removed,
 except those of a process still running on this host.
