@@ -122,3 +122,25 @@ def test_cli_bad_input_is_one_error_line(tiny_k400, checkpoint, tmp_path):
     unreadable = _predict_tool(bad, "--checkpoint", checkpoint, "--out", tmp_path / "o2")
     assert unreadable.returncode == 2 and "none of the 1 videos" in unreadable.stderr
     assert json.loads((tmp_path / "o2" / "predictions.json").read_text())["predicted"] == 0
+
+
+def test_tokens_are_drawn_per_video_and_a_dense_model_is_refused_up_front(tiny_k400, checkpoint, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_test", method="sparse_tuning", num_classes=4)
+    sparse = tmp_path / "st.pt"
+    save_model_file(sparse, model.state_dict(), spec=model.spec.with_classes(CLASSES))
+    val = sorted(str(p) for p in (Path(tiny_k400.root) / "val").glob("*.mp4"))[:3]
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    result = _predict_tool(*val, bad, "--checkpoint", sparse, "--config", TINY, "--views", "1,3", "--out",
+                           tmp_path / "out", "--tokens", tmp_path / "tokens")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"tokens drawn for {len(val)} videos" in result.stdout
+    drawn = sorted(p.name for p in (tmp_path / "tokens").iterdir())
+    assert drawn == sorted(Path(v).stem for v in val)  # the unreadable one has no folder
+    for folder in (tmp_path / "tokens").iterdir():
+        files = {p.name for p in folder.iterdir()}
+        assert {"overview.png", "tokens.gif"} <= files and len([f for f in files if f.startswith("stage")]) == 2
+    dense = _predict_tool(*val, "--checkpoint", checkpoint, "--out", tmp_path / "o3", "--tokens", tmp_path / "t3")
+    assert dense.returncode == 2 and dense.stderr.strip().count("\n") == 0, dense.stderr
+    assert "no token-reduction stages" in dense.stderr and not (tmp_path / "o3").exists()

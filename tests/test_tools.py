@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from video_st import create_model
@@ -54,3 +55,14 @@ def test_benchmark_data_cli_smoke():
     assert result.returncode == 0, result.stderr
     assert "raw decord read" in result.stdout and "RandAugment" in result.stdout
     assert result.stdout.count("all views / one clip") == 3
+
+
+def test_benchmark_predict_cli_smoke():
+    result = _run("tools/benchmark.py", "predict", "--settings", "tiny", "--methods", "full,sparse_tuning",
+                  "--videos", "2", "--rounds", "1", "--views", "1,2")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny")]
+    assert [r.split("|")[2].strip() for r in rows] == ["full", "sparse_tuning"]
+    full, sparse = ([float(c) for c in r.split("|")[4:6]] for r in rows)
+    assert full[1] == pytest.approx(2 * full[0], rel=1e-2) and sparse[0] > 0  # clips/s = videos/s x 2 views
+    assert rows[0].split("|")[6].strip() == "1.00x"

@@ -38,13 +38,18 @@ def geometry(model) -> Geometry:
     return Geometry(grid=tuple(pe.grid_size), tubelet=pe.tubelet_size, patch=pe.patch_size, img_size=pe.img_size)
 
 
-def kept_token_ids(model, clip: torch.Tensor, checkpoint: str) -> list[torch.Tensor]:
-    """One 1-D long tensor of kept grid ids per stage (fused / padding entries, -1, still in)."""
-    with torch.no_grad():
-        _, kept = model.forward_features(clip[None], return_token_ids=True)
-    if not kept:
+def check_has_stages(model, checkpoint: str) -> None:
+    """Refuse, before any work, a model with nothing to draw."""
+    if not model.stage_names():
         raise VisualizeError(f"{checkpoint}: the model (method {model.spec.method}) has no token-reduction stages; "
                              "nothing to draw (use a checkpoint of sparse_tuning, evit, tome, asvit or dyt)")
+
+
+def kept_token_ids(model, clip: torch.Tensor, checkpoint: str) -> list[torch.Tensor]:
+    """One 1-D long tensor of kept grid ids per stage (fused / padding entries, -1, still in)."""
+    check_has_stages(model, checkpoint)
+    with torch.no_grad():
+        _, kept = model.forward_features(clip[None], return_token_ids=True)
     return [ids[0] for ids in kept]
 
 

@@ -15,7 +15,8 @@ from ..data.annotations import VideoRecord
 from ..engine import multiview  # the test-time loading of tools/test_net.py: checkpoint_path, load_for_test
 from ..engine.build import eval_dataset
 from .draw import default_scale, denormalize, draw_all
-from .tokens import VisualizeError, geometry, kept_masks, kept_token_ids, stage_labels, summary_lines
+from .tokens import (VisualizeError, check_has_stages, geometry, kept_masks, kept_token_ids, stage_labels,
+                     summary_lines)
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ def parse_view(text: str | None, temporal: int, spatial: int) -> tuple[int, int]
     return t, s
 
 
-def load_clip(cfg: DictConfig, video: str, view: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
-    """The model input (C, T, H, W) of ``view`` through the test data path, and the same clip as uint8 RGB frames
-    (T, H, W, 3), denormalised with the transform's own mean/std."""
-    temporal, spatial = cfg.test.temporal_views, cfg.test.spatial_views
+def load_clip(cfg: DictConfig, video: str, view: tuple[int, int], *, temporal: int,
+              spatial: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The model input (C, T, H, W) of ``view`` among ``temporal`` x ``spatial`` views through the test data path,
+    and the same clip as uint8 RGB frames (T, H, W, 3), denormalised with the transform's own mean/std."""
     record = VideoRecord(path=video, label=-1, video_id=os.path.basename(video))
     dataset = eval_dataset(cfg, [record], temporal_views=temporal, spatial_views=spatial)
     item = dataset[0]
@@ -71,6 +72,21 @@ def load_model(cfg: DictConfig, checkpoint: str | None):
     return loaded.model.eval(), path, loaded.kind
 
 
+def draw_tokens(model, cfg: DictConfig, video: str, out: str, *, view: tuple[int, int], temporal: int,
+                spatial: int, checkpoint: str, scale: int = 0, fps: float = 4.0) -> tuple[list[str], list[str]]:
+    """Draw the tokens an already loaded ``model`` (eval mode, on any device) kept over ``view`` of ``video``
+    into ``out``. Returns (files written, one summary line per stage). tools/predict.py --tokens calls this with
+    the predictor's model, so nothing is loaded twice."""
+    geo = geometry(model)
+    clip, frames = load_clip(cfg, video, view, temporal=temporal, spatial=spatial)
+    device = next(model.parameters()).device
+    kept = kept_token_ids(model, clip.to(device), checkpoint)
+    labels = stage_labels(model, len(kept))
+    masks = kept_masks(kept, geo)
+    written = draw_all(frames, masks, labels, geo, scale=scale or default_scale(geo), fps=fps, view=view, out=out)
+    return written, summary_lines(masks, labels, geo)
+
+
 def visualize(cfg: DictConfig, video: str, out: str, *, checkpoint: str | None = None, view: str | None = None,
               scale: int = 0, fps: float = 4.0) -> Drawn:
     """Draw which tokens each reduction stage of the model at ``checkpoint`` kept over ``view`` ("T,S"; None: the
@@ -79,10 +95,28 @@ def visualize(cfg: DictConfig, video: str, out: str, *, checkpoint: str | None =
     if not os.path.exists(video):  # before loading a model: the cheapest mistake to report
         raise VisualizeError(f"{video}: no such file")
     model, path, kind = load_model(cfg, checkpoint)
-    geo = geometry(model)
-    clip, frames = load_clip(cfg, video, picked)
-    kept = kept_token_ids(model, clip, path)
-    labels = stage_labels(model, len(kept))
-    masks = kept_masks(kept, geo)
-    written = draw_all(frames, masks, labels, geo, scale=scale or default_scale(geo), fps=fps, view=picked, out=out)
-    return Drawn(video, picked, path, kind, written, summary_lines(masks, labels, geo))
+    check_has_stages(model, path)
+    written, summary = draw_tokens(model, cfg, video, out, view=picked, temporal=cfg.test.temporal_views,
+                                   spatial=cfg.test.spatial_views, checkpoint=path, scale=scale, fps=fps)
+    return Drawn(video, picked, path, kind, written, summary)
+
+
+def draw_predictions(predictor, predictions, out: str, *, scale: int = 0, fps: float = 4.0) -> list[str]:
+    """tools/predict.py --tokens: for every predicted video, the tokens the predictor's model kept over the
+    centre test view, drawn into ``out/NAME`` (NAME: the file's stem, numbered when two stems collide). Returns
+    the folders written. The model is the predictor's own (same weights, device, merged LoRA)."""
+    temporal, spatial = predictor.temporal_views, predictor.spatial_views
+    view = parse_view(None, temporal, spatial)
+    folders: list[str] = []
+    taken: set[str] = set()
+    for n, prediction in enumerate(predictions):
+        if not prediction.ok:
+            continue
+        name = os.path.splitext(os.path.basename(prediction.path))[0] or f"video{n}"
+        folder = name if name not in taken else f"{name}_{n}"
+        taken.add(folder)
+        folder = os.path.join(out, folder)
+        draw_tokens(predictor.model, predictor.cfg, prediction.path, folder, view=view, temporal=temporal,
+                    spatial=spatial, checkpoint=predictor.checkpoint, scale=scale, fps=fps)
+        folders.append(folder)
+    return folders
