@@ -4,6 +4,7 @@ as from the source: the same frame indices, pixels within the encoders' error.""
 
 from __future__ import annotations
 
+import json
 import os
 
 import av
@@ -135,3 +136,23 @@ def test_simplejpeg_and_pillow_decode_the_same_pixels(sources, tmp_path):
         with Image.open(folder / name) as img:
             want = np.asarray(img.convert("RGB"))
         np.testing.assert_array_equal(decode.read_jpeg(str(folder / name)), want)
+
+
+def test_k400_frames_carry_their_class_names_and_train_from_the_frame_list(sources, tmp_path):
+    from video_st.data.annotations import read_k400_csv
+    from video_st.engine.build import read_split
+
+    csv = sources.annotation_files["train"]
+    spec = jobs.JobSpec(subcommand="frames", input=csv, root=sources.root, output=str(tmp_path / "frames"),
+                        short_side=40)
+    assert pp.run_shard(spec).ok == 2
+    assert json.loads((tmp_path / "frames" / "classes.json").read_text()) == list(sources.classes)
+    cfg = load_config(None, ["data.dataset=frames", f"data.root={tmp_path / 'frames'}",
+                             f"data.train={tmp_path / 'frames' / 'frames.txt'}",
+                             f"data.labels={tmp_path / 'frames' / 'classes.json'}"])
+    records, names = read_split(cfg, "train")
+    source, source_names = read_k400_csv(csv, sources.root)
+    assert names == source_names == list(sources.classes)
+    by_stem = {os.path.splitext(os.path.basename(r.path))[0]: r.label for r in source}
+    assert {os.path.basename(r.path): r.label for r in records} == by_stem
+    assert all(r.is_frame_folder and r.num_frames == FRAMES for r in records)

@@ -29,6 +29,7 @@ from ..data.folders import read_video_folder
 _log = logging.getLogger(__name__)
 
 SUBCOMMANDS = ("scan", "resize", "frames")
+CLASSES_FILE = "classes.json"  # frames: the class names the frame list's labels index
 RESIZE_SHORT_SIDE = 320  # resize's default short side: Kinetics' common "320p" copies
 INPUT_FORMATS = ("auto", "folder", "k400", "list", "ssv2")
 
@@ -89,6 +90,21 @@ def read_inputs(
 ) -> list[VideoItem]:
     """The videos of a folder, a K400 CSV, a ``path label`` list or an SSv2 split JSON, in input order (see the
     module docstring), read by :mod:`video_st.data.annotations`."""
+    return _read(path, root=root, input_format=input_format, classes=classes, ssv2_labels=ssv2_labels)[0]
+
+
+def class_names(spec: JobSpec) -> list[str] | None:
+    """The class names the items' integer labels index (K400: the CSV's sorted names or ``classes``; SSv2: the
+    labels JSON), None where the input has none (a folder, a list). The frames job writes them to
+    ``OUTPUT/classes.json`` so that a frame list is matched to a model by class name (``data.labels``)."""
+    return _read(spec.input, root=spec.root, input_format=spec.input_format, classes=spec.classes,
+                 ssv2_labels=spec.ssv2_labels)[1]
+
+
+def _read(
+    path: str | os.PathLike, *, root: str | os.PathLike | None, input_format: str,
+    classes: str | os.PathLike | None, ssv2_labels: str | os.PathLike | None,
+) -> tuple[list[VideoItem], list[str] | None]:
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise ConfigError(f"input not found: {path}")
@@ -97,6 +113,7 @@ def read_inputs(
         raise ConfigError(f"--classes is for a K400 CSV; {path} is read as {kind}")
     if ssv2_labels is not None and kind != "ssv2":
         raise ConfigError(f"--ssv2-labels is for an SSv2 split JSON; {path} is read as {kind}")
+    names = None
     if kind == "folder":
         records = read_video_folder(path)
     else:
@@ -104,15 +121,15 @@ def read_inputs(
         if not os.path.isdir(base):
             raise ConfigError(f"video root not found: {base}")
         if kind == "k400":
-            records = _read_k400(path, root=base, classes=classes)
+            records, names = _read_k400(path, root=base, classes=classes)
         elif kind == "ssv2":
             if ssv2_labels is None:
                 raise ConfigError(f"SSv2 input {path} needs its labels JSON (--ssv2-labels)")
             labels = _existing(ssv2_labels, "SSv2 labels file")
-            records, _ = read_ssv2(labels, path, base, ext=_ssv2_extension(base))
+            records, names = read_ssv2(labels, path, base, ext=_ssv2_extension(base))
         else:
             records = read_path_label_list(path, base)
-    return [_item(i, record) for i, record in enumerate(records)]
+    return [_item(i, record) for i, record in enumerate(records)], names
 
 
 def _item(index: int, record: VideoRecord) -> VideoItem:
@@ -138,7 +155,7 @@ def _existing(path: str | os.PathLike, what: str) -> str:
     return os.fspath(path)
 
 
-def _read_k400(path: str, *, root: str, classes: str | os.PathLike | None) -> list[VideoRecord]:
+def _read_k400(path: str, *, root: str, classes: str | os.PathLike | None) -> tuple[list[VideoRecord], list[str]]:
     names = None
     if classes is not None:
         classes = _existing(classes, "class list")
@@ -148,7 +165,7 @@ def _read_k400(path: str, *, root: str, classes: str | os.PathLike | None) -> li
             raise AnnotationError(classes, err.lineno, f"invalid JSON: {err.msg}") from err
     records, names = read_k400_csv(path, root, class_names=names)
     _log.info("K400 labels: %d classes, %s", len(names), f"from {classes}" if classes else "sorted names")
-    return records
+    return records, names
 
 
 def _ssv2_extension(root: str) -> str:

@@ -50,6 +50,9 @@ Files under OUTPUT (``n`` = number of shards; with n = 1 the ``.shard{i}of{n}`` 
   once the shard is done. When every shard's list exists, the shard that finishes last writes the merged
   ``frames.txt`` / ``invalid.txt`` in input order (:func:`merge`; also a CLI step). Two shards finishing at once
   both write the same merged file atomically, so the race is harmless.
+- ``classes.json`` (frames, when the input names its classes: a K400 CSV, an SSv2 split): the class names the
+  frame list's labels index, in index order, so that ``data.dataset=frames data.labels=OUTPUT/classes.json``
+  matches the frames to a model by class name.
 
 Resuming: a finished output is skipped only after it is verified (``media.verify_resized``,
 ``media.verify_frames``), otherwise it is redone. Outputs are written under a temporary name of their own
@@ -79,8 +82,8 @@ from ..fileio import atomic_open
 from ..data import decode
 from ..data.decode import VideoReadError
 from . import media, staging
-from .jobs import (RESIZE_SHORT_SIDE, JobSpec, VideoItem, check_shard, list_path, manifest_path, output_path, plan,
-                   shard_items)
+from .jobs import (CLASSES_FILE, RESIZE_SHORT_SIDE, JobSpec, VideoItem, check_shard, class_names, list_path,
+                   manifest_path, output_path, plan, shard_items)
 from .media import InvalidOutput
 from .pool import imap_isolating
 
@@ -267,6 +270,10 @@ def _write_shard_list(records: list[Record], *, spec: JobSpec, path: str | None)
     ordered = sorted(records, key=lambda r: r.index)
     if spec.subcommand == "frames":
         lines = [_frame_line(r, output=os.path.abspath(spec.output)) for r in ordered if r.status != "failed"]
+        names = class_names(spec)
+        if names is not None:  # what the labels index: data.labels=OUTPUT/classes.json matches them by name
+            with atomic_open(os.path.join(os.path.abspath(spec.output), CLASSES_FILE)) as f:
+                json.dump(names, f, indent=0)
     else:
         lines = [r.input for r in ordered if r.status == "failed"]
     _write_lines(path, lines)
