@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test test-fast benchmark clean
+.PHONY: setup demo test test-fast benchmark gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -42,6 +42,11 @@ test-fast: setup
 # The full ViT-B/16 comparison recorded in docs/benchmarks.md.
 benchmark: setup
 	$(PY) tools/benchmark.py --arch vit_base_patch16 --rounds 15 --out docs/benchmark_vit_b_cpu.json
+
+# On a machine with one H100/H200: every CUDA path in at most 5 minutes (training on both engines, test_net, augment,
+# AS-ViT / DyT, dense vs Sparse-Tuning inference, the data path, GPU decoding): outputs/gpu_check/gpu_check.{json,md}.
+gpu-check: setup
+	$(PY) tools/gpu_check.py --out outputs/gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -86,13 +86,21 @@ def select_device(env: DistEnv, preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+_RANK_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+_ADDED: list[str] = []  # the rank variables init() set that the launcher had not
+
+
 def init(env: DistEnv, device: torch.device, timeout_s: int = 1800) -> None:
     """Initialise the default process group (also for a world of one: DeepSpeed needs one). gloo on CPU, which
     also keeps DeepSpeed from compiling its shared-memory all-reduce op; NCCL on GPUs."""
     if dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    # DeepSpeed reads these whatever launched us.
+    # DeepSpeed reads these whatever launched us. Those we add are removed again by shutdown(): left behind, a
+    # second run in the same process (a tool called twice, tools/gpu_check.py) would take itself for a torchrun
+    # launch and rendezvous over TCP instead of the in-process store.
+    _ADDED.clear()
+    _ADDED.extend(k for k in _RANK_KEYS if k not in os.environ)
     os.environ.update(RANK=str(env.rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.world_size))
     if env.launcher == "none" and env.world_size == 1:
         # A world of one rendezvouses with itself: an in-process store, no port to race other runs for.
@@ -109,6 +117,9 @@ def init(env: DistEnv, device: torch.device, timeout_s: int = 1800) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    for key in _ADDED:
+        os.environ.pop(key, None)
+    _ADDED.clear()
 
 
 def collective_device() -> torch.device:
