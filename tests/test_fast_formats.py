@@ -147,7 +147,8 @@ def test_k400_frames_carry_their_class_names_and_train_from_the_frame_list(sourc
                         short_side=40)
     assert pp.run_shard(spec).ok == 2
     assert json.loads((tmp_path / "frames" / "classes.json").read_text()) == list(sources.classes)
-    cfg = load_config(None, ["data.dataset=frames", f"data.root={tmp_path / 'frames'}",
+    # No data.root: the frame folders are relative to their list's folder (per-split outputs need no common root).
+    cfg = load_config(None, ["data.dataset=frames", "data.root=''",
                              f"data.train={tmp_path / 'frames' / 'frames.txt'}",
                              f"data.labels={tmp_path / 'frames' / 'classes.json'}"])
     records, names = read_split(cfg, "train")
@@ -155,4 +156,4 @@ def test_k400_frames_carry_their_class_names_and_train_from_the_frame_list(sourc
     assert names == source_names == list(sources.classes)
     by_stem = {os.path.splitext(os.path.basename(r.path))[0]: r.label for r in source}
     assert {os.path.basename(r.path): r.label for r in records} == by_stem
-    assert all(r.is_frame_folder and r.num_frames == FRAMES for r in records)
+    assert all(r.is_frame_folder and r.num_frames == FRAMES and os.path.isdir(r.path) for r in records)

@@ -135,9 +135,10 @@ def _inside_root(name: str, *, root: str, path: str, line: int) -> str:
     return rel
 
 
-def _listing_lookup() -> Callable[[str, str], bool]:
-    """``exists(folder, name)`` from one listing per folder: resolving 240k Kinetics rows by stat() costs up to
-    three metadata lookups per row on a network file system, in every process that reads the list."""
+def _folder_listings() -> Callable[[str], frozenset[str]]:
+    """``listing(folder)``: its names, listed once (empty where it cannot be listed): resolving 240k Kinetics rows
+    by stat() costs up to three metadata lookups per row on a network file system, in every process that reads
+    the list."""
 
     @functools.lru_cache(maxsize=None)
     def listing(folder: str) -> frozenset[str]:
@@ -146,7 +147,38 @@ def _listing_lookup() -> Callable[[str, str], bool]:
         except OSError:
             return frozenset()
 
-    return lambda folder, name: name in listing(folder)
+    return listing
+
+
+def _k400_candidates(name: str, split: str, label: str) -> list[str]:
+    return [name, os.path.join(split, name), os.path.join(split, label, name)] if split else [name]
+
+
+def _k400_finder(root: str) -> Callable[[str, str, str], str]:
+    """``find(name, split, label)``: the first of NAME, SPLIT/NAME, SPLIT/LABEL/NAME that exists below ``root``,
+    else NAME (the missing-file check reports it).
+
+    The folder of each candidate depends on (split, label) only, so it is worked out once per pair instead of per
+    row: for 240k Kinetics rows the per-row path arithmetic (six joins, three dirname / basename splits) was most
+    of the reader's time. A name with a separator in it (never a YouTube id) takes the per-row arithmetic."""
+    listing = _folder_listings()
+
+    @functools.lru_cache(maxsize=None)
+    def folders(split: str, label: str) -> tuple[str, ...]:
+        # For a NAME without separators, dirname(candidate) does not depend on NAME: "x" stands for any of them.
+        return tuple(os.path.join(root, os.path.dirname(c)) for c in _k400_candidates("x", split, label))
+
+    def find(name: str, split: str, label: str) -> str:
+        if os.path.basename(name) != name:
+            candidates = _k400_candidates(name, split, label)
+            return next((c for c in candidates
+                         if os.path.basename(c) in listing(os.path.join(root, os.path.dirname(c)))), candidates[0])
+        for k, folder in enumerate(folders(split, label)):
+            if name in listing(folder):  # listed only when the candidates before it are not there
+                return _k400_candidates(name, split, label)[k] if k else name
+        return name
+
+    return find
 
 
 def _k400_rows(path: str) -> Iterable[tuple[int, str, str, int, int, str]]:
@@ -179,13 +211,11 @@ def read_k400_csv(path: str | os.PathLike, root: str | os.PathLike, class_names:
     rows = list(_k400_rows(path))
     file_names = sorted({r[1] for r in rows if r[1]})
     index = {n: i for i, n in enumerate(file_names)}
-    exists = _listing_lookup()
+    find = _k400_finder(root)
     records = []
     for line, label, youtube_id, start, end, split in rows:
         name = k400_file_name(youtube_id, start, end)
-        candidates = [name, os.path.join(split, name), os.path.join(split, label, name)] if split else [name]
-        rel = next((c for c in candidates if exists(os.path.join(root, os.path.dirname(c)), os.path.basename(c))),
-                   candidates[0])
+        rel = find(name, split, label)
         records.append(VideoRecord(os.path.join(root, rel), index[label] if label else -1, name[:-4], rel=rel))
     if class_names is None:
         return records, file_names
@@ -216,7 +246,10 @@ def _list_rows(path: str, root: str, frames: bool) -> Iterable[tuple[int, VideoR
             count = _parse_int(parts[1], path=path, line=line, what="num_frames")
             if count < 1:
                 raise AnnotationError(path, line, "num_frames must be at least 1")
-            yield line, VideoRecord(os.path.join(root, parts[0]), 0, parts[0], count, True, rel=parts[0]), parts[2]
+            # Without a root, a frame folder is relative to its list's folder: where the frames job wrote both,
+            # so that per-split outputs (OUT/train/frames.txt, OUT/val/frames.txt) need no common root.
+            folder = os.path.join(root or os.path.dirname(os.path.abspath(path)), parts[0])
+            yield line, VideoRecord(folder, 0, parts[0], count, True, rel=parts[0]), parts[2]
         else:
             rel = _inside_root(parts[0], root=root, path=path, line=line) if root else parts[0]
             yield line, VideoRecord(os.path.join(root, rel), 0, os.path.splitext(rel)[0], rel=rel), parts[1]

@@ -26,6 +26,7 @@ from ..errors import VideoSTError
 from ..fileio import write_atomic
 from .annotations import AnnotationError, VideoRecord
 from .decode import BACKENDS, VideoReadError, open_video, read_frame_folder
+from .records import RecordTable
 from .sampling import ClipSpec, train_indices, view_indices
 
 _log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
     "failed": [(path, cause), ...]}`` (the failures met and replaced on the way).
     Test item: ``{"views": (V, C, T, H, W) or None, "view_ok": bool list, "label", "index", "video_id", "error"}``
     with V = temporal x spatial views, temporal-major; all views come from one decode of the union of frames.
+    ``records``: any sequence of records (a reader's list, a :class:`~video_st.data.records.RecordTable`), held
+    as a ``RecordTable`` in ``self.records``.
     """
 
     def __init__(
@@ -104,7 +107,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not records:
             raise ValueError("no videos to read")
-        self.records, self.mode, self.clip, self.transform = list(records), mode, clip, transform
+        # Flat buffers, not a list of objects: forked loader workers read them without copying (records.py).
+        self.records: RecordTable = RecordTable.from_records(records)
+        self.mode, self.clip, self.transform = mode, clip, transform
         self.backend, self.decode_threads, self.repeats = backend, decode_threads, repeats
         self.max_retries, self.frame_template, self.seed = max_retries, frame_template, seed
 
@@ -169,11 +174,16 @@ class VideoClipDataset(torch.utils.data.Dataset):
             per_view = [[frames[i] for i in view] for view in temporal]
             ok = [True] * len(temporal)
         except VideoReadError as err:
-            # One read failed (e.g. a truncated file whose late frames do not decode): salvage the views that do.
+            # One read failed (e.g. a truncated file whose late frames do not decode): salvage the views that do,
+            # view by view with PyAV. decord decodes ahead on a thread of its own: on a file with a broken tail,
+            # whether a read of good frames fails depends on when that thread meets the broken packet (and the
+            # reader is unusable after it), so salvaging with decord lost good views at random. PyAV decodes
+            # exactly the packets up to the last frame a view needs, the same FFmpeg decoder, the same pixels.
             per_view, ok = [], []
             for view in temporal:
                 try:
-                    per_view.append(list(source.read(view)))
+                    salvage = source if record.is_frame_folder else open_video(record.path, backend="pyav")
+                    per_view.append(list(salvage.read(view)))
                     ok.append(True)
                 except VideoReadError:
                     per_view.append(None)
