@@ -35,6 +35,11 @@ some methods side by side, on generated videos: the tiny test model and ViT-B/16
 
     python tools/benchmark.py predict --settings tiny,vit_b --methods full,sparse_tuning --views 1,3
 
+records: the memory of a dataset's records in forked loader workers (a list of dataclasses vs the RecordTable
+the datasets hold) and the start-up time of a 240,000-row K400 CSV.
+
+    python tools/benchmark.py records --rows 240000 --workers 8
+
 data: clips/s per worker of the training pipeline (decode + transform) vs the raw decord read of the same
 frames, and the cost of decoding all temporal test views of a video in one read vs one clip.
 

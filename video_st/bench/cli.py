@@ -174,10 +174,20 @@ def predict_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
                                 threads=args.threads)
 
 
+def records_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    parser.add_argument("--rows", type=int, default=240_000, help="K400 CSV rows (240,000: the size of Kinetics-400)")
+    parser.add_argument("--workers", type=int, default=8, help="forked DataLoader workers")
+    args = parser.parse_args(argv)
+    from . import records_memory
+
+    return records_memory.report(rows=args.rows, workers=args.workers)
+
+
 def main(argv: list[str], *, description: str) -> int:
     """``benchmark.py [COMMAND] OPTIONS``: the first word picks the command (default: model)."""
     commands = {"model": partial(tables_main, model=True), "methods": partial(tables_main, model=False),
-                "train-methods": train_methods_main, "data": data_main, "predict": predict_main}
+                "train-methods": train_methods_main, "data": data_main, "predict": predict_main,
+                "records": records_main}
     argv = list(argv)
     command = argv.pop(0) if argv[:1] and argv[0] in commands else "model"
     parser = argparse.ArgumentParser(prog=f"benchmark.py {'[model]' if command == 'model' else command}",
