@@ -54,7 +54,11 @@ def _trainable(model):
 
 @pytest.mark.parametrize("method", list_methods())
 def test_trainable_set_is_the_records_and_gradients_reach_exactly_it(method):
-    model = _perturb(_model(method)).train()
+    # AS-ViT's published tau (1e-4) passes a gradient to a threshold only from tokens scoring within about 2e-3 of
+    # it (fp32 sigmoid); calibrated thresholds and a wider tau make it certain on the tiny model's few tokens.
+    model = _perturb(_model(method, **({"threshold_temperature": 0.01} if method == "asvit" else {}))).train()
+    if model.input_dependent:
+        calibrate(model, tiny_clip())
     expected = trainable_names(model, METHODS[method].trains)
     assert _trainable(model) == expected and expected
     if METHODS[method].trains != ("all",):  # a frozen backbone: its attention weights never train
@@ -77,7 +81,7 @@ def test_with_its_reduction_off_each_method_equals_its_backbone(method):
         model.set_keep_rate(1.0)
     for module in model.modules():
         if isinstance(module, ThresholdPruner):
-            module.log_threshold.data.fill_(-1e4)  # below every log score: nothing is pruned
+            module.threshold.data.fill_(-1e4)  # below every score: nothing is pruned
     model.prompts = Prompts()  # VPT's prompts are random from the start; without them the blocks are the backbone's
     clip = tiny_clip()
     with torch.no_grad():

@@ -160,12 +160,14 @@ def test_submit_py_runs_training_with_the_local_executor(tiny_k400, tmp_path):
     assert "submitted train job" in result.stdout and (tmp_path / "model_final.pt").exists()
 
 
-@pytest.mark.parametrize("method, extra", [("dyt", ("model.distill_weight=0.5",)), ("asvit", ("model.keep_rate=0.5",))])
+@pytest.mark.parametrize("method, extra", [("dyt", ("model.distill_weight=0.5", "model.calibrate=true")),
+                                           ("asvit", ("model.keep_rate=0.5", "model.calibrate=true"))])
 def test_dynamic_methods_train_with_their_losses_and_test_on_the_kept_tokens(tiny_k400, tmp_path, method, extra):
-    """DyT (with self-distillation) and AS-ViT through the engine: calibrated at the start, their auxiliary losses
-    and measured rates logged, and tools/test_net.py counts the FLOPs their inference paths really compute."""
+    """DyT (with self-distillation) and AS-ViT through the engine: calibrated at the start (the option
+    calibrate=true), their auxiliary losses and measured rates logged, and tools/test_net.py counts the FLOPs their
+    inference paths really compute."""
     # A backbone whose attention is peaked, as a pre-trained one is: with the random init's near-uniform [CLS]
-    # attention every token scores about 1, and which side of a threshold a whole clip lands on is noise.
+    # attention every token scores about 1 / N, and which side of a threshold a whole clip lands on is noise.
     from video_st.models.spec import save_model_file
 
     torch.manual_seed(0)

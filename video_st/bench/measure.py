@@ -209,8 +209,10 @@ def run_benchmark(spec: BenchSpec) -> list[dict[str, Any]]:
     for name in spec.methods:
         def build(name: str = name) -> None:
             model = create_model(spec.arch, method=name, **geometry, **spec.model_kwargs).to(device)
-            if is_input_dependent(model):  # untrained gates / thresholds: start them at their target rates, as
-                calibrate(model, clip)     # training does, so the costs are those of the configured budget
+            # Untrained gates / thresholds: set to their target rates (what training with calibrate=true starts
+            # from, and what a trained model converges to), so the costs are those of the configured budget.
+            if is_input_dependent(model):
+                calibrate(model, clip)
             params = count_params(model)
             infer = inference_model(model)
             rows[name].update({

@@ -29,7 +29,7 @@ from ..data.datasets import BadFileLog, make_loader
 from ..data.samplers import ShardSampler, TrainSampler
 from ..data.transforms import BatchAugment, make_mixup
 from ..fileio import write_atomic
-from ..models.calibrate import calibrate
+from ..models.calibrate import calibrate, wants_calibration
 from ..models.sparsify import KeepRateWarmup
 from ..models.spec import save_model_file
 from . import distributed
@@ -88,8 +88,8 @@ class Trainer:
         self.model = build_model(cfg, classes=self.class_names, for_training=True)
         if cfg.engine.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
-        if self.model.input_dependent:  # before the backend broadcasts rank 0's weights; a resume overwrites it
-            self._calibrate(train_records)
+        if wants_calibration(self.model):  # option calibrate=true (DyT, AS-ViT); before the backend broadcasts
+            self._calibrate(train_records)  # rank 0's weights; a resume overwrites it
 
         micro, world = cfg.data.batch_size, env.world_size
         global_batch = cfg.optim.global_batch or micro * world
@@ -145,7 +145,8 @@ class Trainer:
         self.best = float("-inf")
 
     def _calibrate(self, records: list) -> None:
-        """Start DyT's gates / AS-ViT's thresholds at their target rates on a few training clips."""
+        """Start DyT's gates / AS-ViT's thresholds at their targets on a few training clips (``calibrate=true``;
+        the published recipes start at a zero gate bias and fixed thresholds)."""
         dataset = train_dataset(self.cfg, records)
         clips = torch.stack([dataset[i]["video"] for i in range(min(len(dataset), self.cfg.data.batch_size, 8))])
         self.model.to(self.device)  # where the backend puts it anyway; a ViT-B pass per layer is slow on a CPU

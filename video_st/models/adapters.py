@@ -16,7 +16,8 @@ from .slots import Adapter
 
 
 class ParallelAdapter(Adapter):
-    """AdaptFormer-style bottleneck beside the FFN: ``scale * up(relu(down(x)))`` on the FFN's input."""
+    """AdaptFormer-style bottleneck beside the FFN: ``scale * up(dropout(relu(down(x))))`` on the FFN's input
+    (DyT's published adapter has dropout 0.1 there)."""
 
     def __init__(self, *, dim: int, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.0) -> None:
         super().__init__()
@@ -61,7 +62,8 @@ class MoEAdapter(Adapter):
     DyT code has no MoE adapter; this follows the paper's description. The router starts at zero (uniform mix).
     """
 
-    def __init__(self, *, dim: int, bottleneck: int = 64, experts: int = 4, scale: float = 0.1) -> None:
+    def __init__(self, *, dim: int, bottleneck: int = 64, experts: int = 4, scale: float = 0.1,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         if experts < 1:
             raise ValueError(f"an MoE adapter needs at least one expert, got experts={experts}")
@@ -71,6 +73,7 @@ class MoEAdapter(Adapter):
         self.up_bias = nn.Parameter(torch.empty(experts, dim))
         self.router = nn.Linear(dim, experts)
         self.act = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)  # in the bottleneck, as the parallel adapter's
         self.scale = scale
         self.reset_parameters()
 
@@ -88,7 +91,7 @@ class MoEAdapter(Adapter):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down_w, down_b, up_w, up_b = self.merged(x)
-        h = self.act(torch.einsum("bnd,brd->bnr", x, down_w) + down_b[:, None])
+        h = self.dropout(self.act(torch.einsum("bnd,brd->bnr", x, down_w) + down_b[:, None]))
         return self.scale * (torch.einsum("bnr,bdr->bnd", h, up_w) + up_b[:, None])
 
     def forward(self, x, mlp_out, state):

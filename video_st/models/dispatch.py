@@ -6,7 +6,8 @@ Three execution paths that must agree:
 - ``set_mode("mask")``: the hard decision of inference applied as a mask over all tokens (the reference the tests
   and the FLOP comparison use);
 - inference (default in eval): the skipped tokens are not computed at all (the active tokens of the whole batch
-  are gathered, run through the MLP and scattered back).
+  are gathered, normalised, run through the MLP and scattered back: the authors normalise only the active tokens
+  too, so the FLOPs are theirs).
 """
 
 from __future__ import annotations
@@ -68,33 +69,36 @@ class TokenDispatcher(Dispatcher):
         self.mode = mode
 
     def reset_parameters(self) -> None:
-        # Small random gate: about half the tokens start active (the default target); `calibrate` sets any other
-        # target from data. (A zero gate would tie every token at logit 0 and switch all of them off in eval.)
+        # The authors' start: a small random gate weight and a zero bias (about half the tokens active at the
+        # default target); the `calibrate` option shifts the bias to the target on real clips instead. (A zero
+        # weight would tie every token at logit 0 and switch all of them off in eval.)
         nn.init.trunc_normal_(self.gate.weight, std=0.02)
         nn.init.zeros_(self.gate.bias)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, mlp: nn.Module, state: TokenState) -> tuple[torch.Tensor, TokenState]:
-        """``x``: the residual stream (B, P + n, D) the gate reads; ``h``: the MLP's (normalised) input."""
+    def forward(self, x: torch.Tensor, norm: nn.Module, mlp: nn.Module,
+                state: TokenState) -> tuple[torch.Tensor, TokenState]:
+        """``x``: the residual stream (B, P + n, D) the gate reads; the MLP runs on ``norm(x)`` of the active tokens."""
         if state.full_tokens:
-            return mlp(h), state
+            return mlp(norm(x)), state
         p = self.num_prefix
         logits = self.gate(x[:, p:]).squeeze(-1).float()  # (B, n)
         if self.training and self.mode is None:
             u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
             soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
             mask = (soft > 0.5).to(soft.dtype) + soft - soft.detach()  # straight-through
-            full = F.pad(mask, (p, 0), value=1.0).to(h.dtype)
-            out = mlp(h) * full[..., None]
+            full = F.pad(mask, (p, 0), value=1.0).to(x.dtype)
+            out = mlp(norm(x)) * full[..., None]
             state = state.record(ActivationRate(mask.mean(dim=1), self.target, self.weight))
             keep = mask.detach() > 0.5
         else:
             keep = logits > 0
             full = F.pad(keep, (p, 0), value=True)
             if self.mode == "mask":
-                out = mlp(h) * full[..., None].to(h.dtype)
-            else:  # gather the active tokens of the whole batch, run the MLP on them only, scatter back
-                out = h.new_zeros(h.shape)
-                out[full] = mlp(h[full]).to(out.dtype)
+                out = mlp(norm(x)) * full[..., None].to(x.dtype)
+            else:  # gather the active tokens of the whole batch, normalise them and run the MLP on them only
+                active = mlp(norm(x[full]))
+                out = active.new_zeros(x.shape)
+                out[full] = active
             state = state.record(ActivationRate(keep.float().mean(dim=1), self.target, self.weight))
         return out, state.stage(torch.where(keep, state.ids, NO_GRID_ID))
 

@@ -83,6 +83,7 @@ def slot_context(backbone: dict[str, Any]) -> SlotContext:
     side = backbone["img_size"] // backbone["patch_size"]
     return SlotContext(dim=backbone["embed_dim"], depth=backbone["depth"], class_tokens=int(backbone["class_token"]),
                        num_tokens=t * side * side, global_pool=backbone["global_pool"],
+                       mlp_hidden=int(backbone["embed_dim"] * backbone["mlp_ratio"]),
                        patch_volume=backbone["in_chans"] * backbone["tubelet_size"] * backbone["patch_size"] ** 2)
 
 

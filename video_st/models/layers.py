@@ -127,6 +127,9 @@ class AttnInfo(NamedTuple):
 
     rows: torch.Tensor | None  # (B, heads, N) softmax attention of the [CLS] (or mean) query over all keys
     keys: torch.Tensor | None  # (B, N, head_dim) keys averaged over heads (ToMe's similarity metric)
+    # (B, heads, N) L2 norm of each head's attention output at each token, before the heads are merged (AS-ViT's
+    # token-level head importance)
+    head_norms: torch.Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -134,8 +137,10 @@ class Attention(nn.Module):
 
     ``rows`` is the softmax attention of ONE query (the [CLS] query, or the mean of all queries when the model
     has no [CLS]) against all keys, per head: an O(N) extra product, so the N x N map is never built and the
-    attention itself stays in the fused kernel. ``key_bias`` (B, N) is added to every query's logits for that
-    key: log-masks of pruned or padded tokens (-inf removes a key) and ToMe's log token sizes.
+    attention itself stays in the fused kernel. ``head_norms`` is the norm of every head's output at every token,
+    read off SDPA's (B, H, N, D) output before the heads are merged: O(N H D). ``key_bias`` (B, N) is added to
+    every query's logits for that key: log-masks of pruned or padded tokens (-inf removes a key) and ToMe's log
+    token sizes.
     """
 
     def __init__(
@@ -174,9 +179,10 @@ class Attention(nn.Module):
         key_bias: torch.Tensor | None = None,
         rows: str | None = None,
         keys: bool = False,
+        head_norms: bool = False,
     ) -> tuple[torch.Tensor, AttnInfo]:
         """Returns ``(output, info)``; ``info.rows`` is filled when ``rows`` is "cls" or "mean", ``info.keys``
-        when ``keys`` is true."""
+        when ``keys`` is true, ``info.head_norms`` when ``head_norms`` is true."""
         qkv = self.lora(x, self.qkv(x))
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         bias = None if key_bias is None else key_bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, N) over queries
@@ -188,8 +194,9 @@ class Attention(nn.Module):
             if bias is not None:
                 logits = logits + bias
             row = logits.softmax(dim=-1).squeeze(2)
+        norms = out.norm(dim=-1) if head_norms else None  # (B, H, N)
         out = self.proj_drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))
-        return out, AttnInfo(rows=row, keys=k.mean(dim=1) if keys else None)
+        return out, AttnInfo(rows=row, keys=k.mean(dim=1) if keys else None, head_norms=norms)
 
 
 class Mlp(nn.Module):

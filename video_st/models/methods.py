@@ -24,7 +24,7 @@ from torch import nn
 
 from .adapters import DenseAdapter, MoEAdapter, ParallelAdapter, SequentialAdapter
 from .dispatch import TokenDispatcher
-from .pruning import ThresholdPruner
+from .pruning import FlopsBudget, ThresholdPruner
 from .layers import LoRAQV
 from .prompts import DeepPrompts
 from .slots import Adapter, Reducer
@@ -43,8 +43,9 @@ class SlotContext:
     depth: int
     class_tokens: int  # 1 with a [CLS] token, else 0
     num_tokens: int  # spatio-temporal tokens of the grid
-    patch_volume: int  # in_chans x tubelet x patch x patch (VPT's prompt init)
+    patch_volume: int  # in_chans x tubelet x patch x patch (VPT's prompt init; the tube embedding's FLOPs per token)
     global_pool: str
+    mlp_hidden: int  # the MLP's hidden width (AS-ViT's FLOPs budget)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,14 @@ class Method:
                 raise ValueError(f"{key} must be >= 1, got {options[key]}")
         if "dispatch_target" in options and not 0.0 < options["dispatch_target"] <= 1.0:
             raise ValueError(f"dispatch_target must be in (0, 1], got {options['dispatch_target']}")
+        if "adapter_dropout" in options and not 0.0 <= options["adapter_dropout"] < 1.0:
+            raise ValueError(f"adapter_dropout must be in [0, 1), got {options['adapter_dropout']}")
+        if options.get("head_init_std") is not None and not options["head_init_std"] > 0:
+            raise ValueError(f"head_init_std must be > 0 (or null: the backbone's 0.02), got {options['head_init_std']}")
+        if "calibrate" in options and not isinstance(options["calibrate"], bool):
+            raise ValueError(f"calibrate must be true or false, got {options['calibrate']!r}")
+        if self.reducer == "threshold":
+            options.update(_threshold_options(options))
         return options
 
     def build(self, ctx: SlotContext, options: Mapping[str, Any]) -> ModelSlots:
@@ -104,41 +113,69 @@ class Method:
         if self.reducer == "threshold" and ctx.global_pool != "token":
             # Pruned samples keep different token counts; an average over a padded set would count the padding.
             raise ValueError(f"method {self.name!r} needs a [CLS] head: global_pool='token'")
+        budget = (FlopsBudget(dim=ctx.dim, hidden=ctx.mlp_hidden, depth=ctx.depth, layers=tuple(layers),
+                              tokens=ctx.num_tokens + prefix, prefix=prefix,
+                              patch=ctx.num_tokens * ctx.dim * ctx.patch_volume / 1e9)
+                  if self.reducer == "threshold" else None)
         blocks = []
         for i in range(ctx.depth):
             reducer = None
             if (i + 1) in stage:
-                reducer = _reducer(self.reducer, ctx, o, prefix=prefix, stage=stage[i + 1], keep_rate=rates[stage[i + 1] - 1])
+                reducer = _reducer(self.reducer, ctx, o, prefix=prefix, stage=stage[i + 1],
+                                   keep_rate=rates[stage[i + 1] - 1], budget=budget)
             dispatcher = (TokenDispatcher(dim=ctx.dim, num_prefix=prefix, temperature=o["dispatch_temperature"],
                                           target=o["dispatch_target"], weight=o["dispatch_weight"])
                           if self.dispatcher else None)
             blocks.append(BlockSlots(reducer=reducer, dispatcher=dispatcher, adapter=self._adapter(ctx, o, i),
                                      qkv=LoRAQV(dim=ctx.dim, rank=o["lora_rank"]) if self.lora else None))
-        return ModelSlots(blocks=blocks, prompts=prompts, distill_weight=float(o.get("distill_weight", 0.0)))
+        return ModelSlots(blocks=blocks, prompts=prompts, distill_weight=float(o.get("distill_weight", 0.0)),
+                          head_init_std=o.get("head_init_std"))
 
     def _adapter(self, ctx: SlotContext, o: Mapping[str, Any], layer: int) -> Adapter | None:
         kind = o.get("adapter", self.adapter)
         if kind is None:
             return None
         size = {"dim": ctx.dim, "bottleneck": o["adapter_bottleneck"], "scale": o["adapter_scale"]}
+        dropout = {"dropout": o["adapter_dropout"]} if "adapter_dropout" in o else {}
         if kind == "parallel":
-            return ParallelAdapter(**size)
+            return ParallelAdapter(**size, **dropout)
         if kind == "sequential":
-            return SequentialAdapter(**size)
+            return SequentialAdapter(**size, **dropout)
         if kind == "moe":
-            return MoEAdapter(**size, experts=o["adapter_experts"])
+            return MoEAdapter(**size, experts=o["adapter_experts"], **dropout)
         history = o["dense_inputs"] - 1  # layer i (0-based) takes min(i, history) earlier adapters
         return DenseAdapter(**size, num_inputs=min(layer, history) + 1, history_len=history)
 
 
 def _reducer(kind: str, ctx: SlotContext, o: Mapping[str, Any], *, prefix: int, stage: int,
-             keep_rate: float) -> Reducer:
+             keep_rate: float, budget: FlopsBudget | None) -> Reducer:
     if kind == "topk":
         return TopKFuse(keep_rate=keep_rate, fuse=o["fuse"], num_prefix=prefix, class_token=bool(ctx.class_tokens))
     if kind == "tome":
         return ToMeMerge(keep_rate=keep_rate, num_prefix=prefix)
-    return ThresholdPruner(keep_rate=keep_rate, num_prefix=prefix, num_tokens=ctx.num_tokens, stage=stage,
+    return ThresholdPruner(budget=budget, keep_rate=keep_rate, num_prefix=prefix, num_tokens=ctx.num_tokens,
+                           stage=stage, threshold=o["threshold_init"][stage - 1],
                            temperature=o["threshold_temperature"], weight=o["budget_weight"])
+
+
+def _threshold_options(o: Mapping[str, Any]) -> dict[str, Any]:
+    """AS-ViT's keep_rate is one FLOPs budget (the published keep_ratio); threshold_init is one value per stage:
+    a single number for all, or a list of at least as many values as stages, the first ones used (the published
+    0.001 / 0.002 / 0.003 are for three stages; a two-stage model starts at 0.001 / 0.002)."""
+    rate = o["keep_rate"]
+    if not isinstance(rate, float):
+        if len(set(rate)) != 1:
+            raise ValueError(f"asvit's keep_rate is one FLOPs budget for the whole model (the fraction of the dense "
+                             f"model's FLOPs), not one rate per stage: got {rate}")
+        rate = rate[0]
+    init = o["threshold_init"]
+    stages = len(o["sparse_layers"])
+    init = (float(init),) * stages if isinstance(init, (int, float)) else tuple(float(v) for v in init)
+    if len(init) < stages:
+        raise ValueError(f"threshold_init has {len(init)} values for {stages} pruning stages")
+    if not o["threshold_temperature"] > 0:
+        raise ValueError(f"threshold_temperature must be > 0, got {o['threshold_temperature']}")
+    return {"keep_rate": rate, "threshold_init": init[:stages]}
 
 
 def default_sparse_layers(depth: int) -> tuple[int, ...]:
@@ -170,14 +207,22 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("vpt", "VPT-Deep: 8 prompts per layer (the Sparse-Tuning Table 2 count)", trains=_PEFT, prompts=True,
            options={"num_prompts": 8}),
     Method("bitfit", "BitFit: every bias", trains=("head", "biases", "temporal_positions")),
+    # DyT's published recipe (NUS-HPC-AI-Lab/Dynamic-Tuning): dropout 0.1 in the adapter bottleneck, self-distillation
+    # always on (the full-token pass's CE + KL, weight 1 each), gate bias at zero (calibrate=true: shifted to the
+    # target rate on the first training clips instead), head init std 0.01.
     Method("dyt", "Dynamic Tuning: AdaptFormer adapters on every token, a token dispatcher per layer lets tokens "
            "skip the MLP (adapter='moe': the MoE adapter)", trains=_PEFT, adapter="parallel", dispatcher=True,
            losses=("activation", "distill", "full_token"),
-           options={"adapter": "parallel", **_ADAPTFORMER, "adapter_experts": 4, "dispatch_target": 0.5,
-                    "dispatch_temperature": 5.0, "dispatch_weight": 2.0, "distill_weight": 0.0}),
-    Method("asvit", "Adaptive Sparse ViT in the PEFT setting: DyT's adapters, learnable thresholds at the "
-           "reducing layers", trains=_PEFT, adapter="parallel", reducer="threshold", losses=("budget",),
-           options={**_ADAPTFORMER, **_REDUCTION, "threshold_temperature": 0.1, "budget_weight": 2.0}),
+           options={"adapter": "parallel", **_ADAPTFORMER, "adapter_dropout": 0.1, "adapter_experts": 4,
+                    "dispatch_target": 0.5, "dispatch_temperature": 5.0, "dispatch_weight": 2.0,
+                    "distill_weight": 1.0, "head_init_std": 0.01, "calibrate": False}),
+    # AS-ViT as published (Cydia2018/AS-ViT; video_st/models/pruning.py): keep_rate is the FLOPs budget (0.7 of the
+    # dense model), thresholds start at 0.001 / 0.002 / 0.003 (calibrate=true: at the budget's rate, from data).
+    Method("asvit", "Adaptive Sparse ViT in the PEFT setting: DyT's adapters, learnable thresholds on the "
+           "head-weighted [CLS] attention at the pruning layers, a FLOPs budget", trains=_PEFT, adapter="parallel",
+           reducer="threshold", losses=("budget",),
+           options={**_ADAPTFORMER, **_REDUCTION, "threshold_init": (0.001, 0.002, 0.003),
+                    "threshold_temperature": 1e-4, "budget_weight": 2.0, "calibrate": False}),
     Method("evit", "EViT: top-k + fuse on a frozen backbone, head only (Sparse-Tuning Table 3 (b))",
            trains=("head",), reducer="topk", options={**_REDUCTION, "fuse": "mean"}),
     Method("tome", "ToMe: bipartite token merging on a frozen backbone, head only", trains=("head",),

@@ -6,9 +6,10 @@ backbone never asks which method it runs:
 
 - :class:`Reducer`, after the attention residual: ``(x, state, info) -> (x, state)``; may shrink the token set.
   It tells the attention what it needs to score tokens (``rows``: the [CLS] or mean query's attention row;
-  ``keys``: the mean keys) and how many tokens it leaves (``tokens_after``), so token counts are asked of it,
-  never re-derived elsewhere.
-- :class:`Dispatcher`, around the MLP: ``(x, h, mlp, state) -> (mlp_out, state)``; may run the MLP on fewer tokens.
+  ``keys``: the mean keys; ``head_norms``: each head's output norm per token) and how many tokens it leaves
+  (``tokens_after``), so token counts are asked of it, never re-derived elsewhere.
+- :class:`Dispatcher`, around the MLP: ``(x, norm, mlp, state) -> (mlp_out, state)``; may run the MLP (and the
+  norm before it) on fewer tokens.
 - :class:`Adapter`, beside or after the FFN: ``(x, mlp_out, state) -> (mlp_out, beside, state)``: it may rewrite
   the MLP's output (a sequential adapter) and/or return a branch added beside the FFN (``beside``; None: none).
 - :class:`Prompts`, model-wide: prefix tokens inserted before each layer and removed before the head.
@@ -53,6 +54,7 @@ class Reducer(Slot):
 
     rows: str | None = None  # "cls" | "mean": the attention row this reducer scores tokens with
     keys: bool = False  # whether it needs the attention's mean keys (ToMe)
+    head_norms: bool = False  # whether it needs each head's output norm per token (AS-ViT)
     reduces = False  # whether it has a keep rate (set_keep_rate addresses it)
 
     def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
@@ -64,10 +66,12 @@ class Reducer(Slot):
 
 
 class Dispatcher(Slot):
-    """What runs the block's MLP; the default runs it on every token."""
+    """What runs the block's MLP (``mlp(norm(x))``: the pre-norm is per token, so a dispatcher that runs the MLP
+    on some tokens normalises only those); the default runs it on every token."""
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, mlp: nn.Module, state: TokenState) -> tuple[torch.Tensor, TokenState]:
-        return mlp(h), state
+    def forward(self, x: torch.Tensor, norm: nn.Module, mlp: nn.Module,
+                state: TokenState) -> tuple[torch.Tensor, TokenState]:
+        return mlp(norm(x)), state
 
 
 class Adapter(Slot):

@@ -44,7 +44,7 @@ class TokenState:
     history: tuple = ()  # Dense Adapter states of earlier layers (see adapters.DenseAdapter), oldest first
     sizes: torch.Tensor | None = None  # (B, n) original tokens merged into each (ToMe)
     key_bias: torch.Tensor | None = None  # (B, n) attention-logit bias per key: log-masks, -inf for padding
-    aux: tuple = ()  # records of the method's loss terms (dispatch.ActivationRate, dispatch.KeptFraction)
+    aux: tuple = ()  # records of the method's loss terms (dispatch.ActivationRate, pruning.StageTokens)
     kept: tuple = ()  # ids after each reduction / dispatch stage, for visualisation and token counting
     full_tokens: bool = False  # DyT's full-token pass (self-distillation teacher): dispatchers let all through
 

@@ -3,7 +3,7 @@
 One backbone for every method. A method only decides what goes into the slots (:mod:`video_st.models.slots`,
 filled by the records of :mod:`video_st.models.methods`):
 - the reducer slot, after the attention residual: top-k + fuse (Sparse-Tuning, EViT), ToMe merging, or AS-ViT's
-  threshold pruning (:mod:`video_st.models.sparsify`, :mod:`video_st.models.dispatch`); the MLP of that layer
+  threshold pruning (:mod:`video_st.models.sparsify`, :mod:`video_st.models.pruning`); the MLP of that layer
   and every later layer see fewer tokens;
 - the dispatcher slot: DyT's token dispatcher, which lets tokens skip the MLP;
 - the adapter slot: a parallel adapter (AdaptFormer, DyT, AS-ViT), a sequential one (Houlsby), an MoE adapter, or
@@ -75,10 +75,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, state: TokenState) -> tuple[torch.Tensor, TokenState]:
         attn_out, info = self.attn(self.norm1(x), key_bias=state.attention_bias(self.num_prefix),
-                                   rows=self.reducer.rows, keys=self.reducer.keys)
+                                   rows=self.reducer.rows, keys=self.reducer.keys, head_norms=self.reducer.head_norms)
         x = x + self.drop_path1(self.ls1(attn_out))
         x, state = self.reducer(x, state, info)
-        mlp_out, state = self.dispatcher(x, self.norm2(x), self.mlp, state)
+        mlp_out, state = self.dispatcher(x, self.norm2, self.mlp, state)
         mlp_out, beside, state = self.adapter(x, mlp_out, state)
         x = x + self.drop_path2(self.ls2(mlp_out))
         return (x if beside is None else x + beside), state
@@ -96,12 +96,14 @@ class BlockSlots:
 
 @dataclass
 class ModelSlots:
-    """What a method puts into the model: one :class:`BlockSlots` per layer, prompts, and the weight of the
-    self-distillation from a full-token pass (DyT; 0: none)."""
+    """What a method puts into the model: one :class:`BlockSlots` per layer, prompts, the weight of the
+    self-distillation from a full-token pass (DyT; 0: none) and the head's init std (None: the backbone's 0.02;
+    DyT's recipe: 0.01)."""
 
     blocks: list[BlockSlots] = field(default_factory=list)
     prompts: Prompts | None = None
     distill_weight: float = 0.0
+    head_init_std: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class VideoViT(nn.Module):
         self.global_pool = global_pool
         self.num_prefix_tokens = 1 if class_token else 0
         self.distill_weight = slots.distill_weight
+        self.head_init_std = slots.head_init_std
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed3d(
@@ -258,6 +261,8 @@ class VideoViT(nn.Module):
             nn.init.trunc_normal_(self.pos_embed_spatial, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.head_init_std is not None and isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=self.head_init_std)
 
     def slot_module_names(self) -> list[str]:
         """Names of the method's modules (the non-default slots): what is not the backbone."""
