@@ -191,15 +191,17 @@ class VideoClipDataset(torch.utils.data.Dataset):
             if not any(ok):
                 item["error"] = err.cause
                 return item
-        views, view_ok = [], []
+        # Every view written once, straight into the item's tensor (no per-crop tensors stacked afterwards).
+        size = self.transform.size
+        length = len(next(f for f, good in zip(per_view, ok, strict=True) if good))
+        views = torch.empty((sum(ok) * spatial, 3, length, size, size))
+        view_ok, filled = [], 0
         for frames_of_view, good in zip(per_view, ok, strict=True):
-            if not good:
-                view_ok += [False] * spatial
-                continue
-            crops = self.transform.all_crops(torch.from_numpy(np.stack(frames_of_view)))
-            views += crops
-            view_ok += [True] * spatial
-        item["views"], item["view_ok"] = torch.stack(views), view_ok
+            view_ok += [good] * spatial
+            if good:
+                self.transform.all_crops(np.stack(frames_of_view), out=views[filled : filled + spatial])
+                filled += spatial
+        item["views"], item["view_ok"] = views, view_ok
         if not all(view_ok):
             item["error"] = f"{view_ok.count(False)} of {len(view_ok)} views failed to decode"
         return item

@@ -29,12 +29,14 @@ def to_video(frames: np.ndarray | torch.Tensor) -> tv_tensors.Video:
     return tv_tensors.Video(rearrange(tensor, "t h w c -> t c h w"))
 
 
-def normalize(video: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """uint8 (T, C, H, W) -> float32 (C, T, H, W), ``(x / 255 - mean) / std`` per channel.
+def normalize(video: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, *,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (T, C, H, W) -> float32 (C, T, H, W), ``(x / 255 - mean) / std`` per channel, into ``out`` if given.
 
     One conversion pass into the output layout, then the affine map in place: this runs per clip in every
     loader worker, where three temporaries of a 224 x 224 x 8 clip cost as much as the crop itself."""
-    x = torch.empty((video.shape[1], video.shape[0]) + tuple(video.shape[2:]), dtype=torch.float32)
+    shape = (video.shape[1], video.shape[0]) + tuple(video.shape[2:])
+    x = torch.empty(shape, dtype=torch.float32) if out is None else out
     x.copy_(video.as_subclass(torch.Tensor).transpose(0, 1))
     scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1, 1)
     shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(3, 1, 1, 1)
@@ -152,10 +154,20 @@ class EvalTransform:
         video = spatial_crop(video, self.size, spatial_idx, self.num_crops)
         return normalize(video, self.mean, self.std)
 
-    def all_crops(self, frames: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
-        """Every spatial crop of one clip, resizing once."""
-        video = TF.resize(to_video(frames), [self.short_side], antialias=True)
-        return [normalize(spatial_crop(video, self.size, i, self.num_crops), self.mean, self.std) for i in range(self.num_crops)]
+    def all_crops(self, frames: np.ndarray | torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Every spatial crop of one clip, (num_crops, C, T, size, size), resizing once; written into ``out`` when
+        given (the test dataset passes the slice of its item's views tensor, so no crop is copied twice).
+
+        The resized clip is made contiguous first: the decoder's (T, H, W, C) order survives the resize as a
+        channels-last view, and reading each crop from it into the (C, T, H, W) output costs about 3x a
+        contiguous read; one copy of the whole clip is cheaper than three strided crops (when decoding is fast, as
+        from JPEG frames, the crops were most of a test item's time)."""
+        video = TF.resize(to_video(frames), [self.short_side], antialias=True).as_subclass(torch.Tensor).contiguous()
+        if out is None:
+            out = torch.empty((self.num_crops, video.shape[1], video.shape[0], self.size, self.size))
+        for i in range(self.num_crops):
+            normalize(spatial_crop(video, self.size, i, self.num_crops), self.mean, self.std, out=out[i])
+        return out
 
 
 def make_mixup(*, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, cutmix_prob: float = 0.5,
