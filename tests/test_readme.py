@@ -481,13 +481,16 @@ def test_demo_block_and_its_figures(demo):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert (float(m[1]), float(m[2])) == (round(trainable / 1e3, 1),
                                           round(sum(p.numel() for p in model.parameters()) / 1e3))
-    assert abs(float(_figure(r"stage 1 reaches ([\d.]+) validation top-1")[1])
-               - _best_val(demo / "pretrain/log.jsonl")) <= 2 / 32 + 1e-6
-    assert abs(float(_figure(r"Sparse-Tuning ([\d.]+) single-view during training")[1])
-               - _best_val(demo / "sparse_tuning/log.jsonl")) <= 2 / 63 + 1e-3
-    m = _figure(r"\*\*(\d+)% top-1 multi-view on the (\d+) readable test videos\*\*")
-    assert abs(float(m[1]) - 100 * summary["top1"]) <= 100 * 2 / 63
-    assert int(m[2]) == summary["videos"]
+    # The README gives the range seen on the project's machines (seeded runs repeat exactly on one machine; across
+    # CPUs the tiny model's training follows their floating-point rounding): this run must land in it, with two
+    # videos of slack either side.
+    m = _figure(r"stage 1 reaches ([\d.]+) to ([\d.]+) validation top-1")
+    assert float(m[1]) - 2 / 32 - 1e-6 <= _best_val(demo / "pretrain/log.jsonl") <= float(m[2]) + 2 / 32 + 1e-6
+    m = _figure(r"Sparse-Tuning ([\d.]+) to ([\d.]+) single-view during training")
+    assert float(m[1]) - 2 / 63 - 1e-3 <= _best_val(demo / "sparse_tuning/log.jsonl") <= float(m[2]) + 2 / 63 + 1e-3
+    m = _figure(r"\*\*(\d+)% to (\d+)% top-1 multi-view on the (\d+) readable test videos\*\*")
+    assert float(m[1]) - 100 * 2 / 63 <= 100 * summary["top1"] <= float(m[2]) + 100 * 2 / 63
+    assert int(m[3]) == summary["videos"]
     excluded = (demo / "sparse_tuning/test/excluded_videos.txt").read_text().splitlines()
     assert len([ln for ln in excluded if ln.strip()]) == summary["excluded"] == 1
 
