@@ -1,8 +1,12 @@
-"""Adapters for the adapter slot (:class:`~video_st.models.slots.Adapter`), and adapter-only state dicts.
+"""Adapters for the adapter slot (:class:`~video_st.models.slots.Adapter`), and adapter-only state dicts:
+parallel (AdaptFormer), sequential (Houlsby), MoE (DyT), and Sparse-Tuning's Dense Adapter in two forms, the
+paper's (:class:`DenseAdapter`) and the authors' published code's (:class:`PublishedDenseAdapter`).
 
 Every adapter's up-projection starts at zero, so a freshly built model computes exactly what its backbone does
-and fine-tuning starts from the pre-trained function. Each class keeps its arithmetic in a method of its own
-(``delta`` / ``adapt``) and its place in the block in ``forward``, the slot interface.
+and fine-tuning starts from the pre-trained function (one exception, as published: the published Dense
+Adapter's first stage re-adds the embedded tokens, see :class:`PublishedDenseAdapter`). Each class keeps its
+arithmetic in a method of its own (``delta`` / ``adapt``) and its place in the block in ``forward``, the slot
+interface.
 """
 
 from __future__ import annotations
@@ -171,6 +175,78 @@ class DenseAdapter(Adapter):
         h = self.dropout(self.act(fused))
         h_aug = torch.cat([h, h.new_ones(h.shape[:-1] + (1,))], dim=-1)
         return self.scale * self.up(h), (h_aug, self.augmented_up())
+
+
+class PublishedDenseAdapter(Adapter):
+    """The Dense Adapter of the authors' published code (liuting20/Sparse-Tuning: the ``Adapter`` of
+    ``models/adapter.py`` and the stage sums of ``VisionTransformer.forward_features`` in ``models/vit_image.py``),
+    the option ``dense_adapter_form="published"`` beside the paper's :class:`DenseAdapter`.
+
+    In each block, beside the FFN on its input (as the paper's form and the published ``ffn_option="parallel"``),
+    per token (ViT-B widths; the published names in brackets; every bias starts at zero, the weights of ``down``,
+    ``inner_down`` and ``fuse`` as ``nn.Linear``'s, of ``inner_up`` and ``up`` at zero)::
+
+        h = relu(down(x))              768 -> 64  [down1]
+        s = inner_down(h)              64 -> 32   [down2], no activation
+        u = inner_up(s)                32 -> 64   [up1]
+        f = fuse(cat(s, u)) + h        96 -> 64   [down3], then the skip from h
+        a = scale * up(f)              64 -> 768  [up2]; the published has no scale (1.0, the methods' default)
+
+    ``bottleneck`` is the 64, ``inner`` the 32 (options ``published_bottleneck`` and ``published_inner``; the
+    published widths are fixed, not scaled to the backbone, as the paper form's bottleneck 32 is not).
+
+    The dense connection is across layers, not inside the adapter: the outputs ``a`` of the layers of one stage
+    (from one sparsification layer up to the next; the published hard-codes layers 1-3, 4-6, 7-9, 10-12 of 12) are
+    summed, and the sum is added to the residual stream once more after the stage's last layer, beside each
+    output's own add in its block. As published, two irregular terms:
+
+    - the first stage (the layers before the first sparsification) starts its sum from the block input of its
+      first layer, the embedded tokens (``takes_input``; the published ``adapter_paraller_0 = x``): its end adds
+      the embeddings once more, so a fresh model is its backbone plus that one term, not exactly its backbone;
+    - the last layer's output is not in its stage's sum (``counted=False``; the published collects layers 10 and
+      11 of 12 and adds them after layer 12).
+
+    The running sum travels in ``state.history`` as ``((sum, None),)`` (the one tensor aligned with the tokens;
+    any token step realigns it, though none falls inside a stage: stages begin at the sparsification layers).
+    """
+
+    def __init__(self, *, dim: int, bottleneck: int = 64, inner: int = 32, scale: float = 1.0,
+                 takes_input: bool = False, counted: bool = True, closes: bool = False) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = nn.ReLU()
+        self.inner_down = nn.Linear(bottleneck, inner)
+        self.inner_up = nn.Linear(inner, bottleneck)
+        self.fuse = nn.Linear(inner + bottleneck, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+        self.scale = scale
+        self.takes_input, self.counted, self.closes = takes_input, counted, closes
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (self.down, self.inner_down, self.fuse):
+            nn.init.kaiming_uniform_(layer.weight, a=5**0.5)
+        for layer in (self.inner_up, self.up):
+            nn.init.zeros_(layer.weight)
+        for layer in (self.down, self.inner_down, self.inner_up, self.fuse, self.up):
+            nn.init.zeros_(layer.bias)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.down(x))
+        s = self.inner_down(h)
+        return self.scale * self.up(self.fuse(torch.cat([s, self.inner_up(s)], dim=-1)) + h)
+
+    def enter(self, x, state):
+        return state.with_history(((x, None),)) if self.takes_input else state
+
+    def forward(self, x, mlp_out, state):
+        adapted = self.delta(x)
+        total = state.history[0][0] if state.history else None  # the stage's sum so far
+        if self.counted:
+            total = adapted if total is None else total + adapted
+        if self.closes:  # the stage's end: its sum once more, beside this layer's own output
+            return mlp_out, adapted if total is None else adapted + total, state.with_history(())
+        return mlp_out, adapted, state.with_history(() if total is None else ((total, None),))
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

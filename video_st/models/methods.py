@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from .adapters import DenseAdapter, MoEAdapter, ParallelAdapter, SequentialAdapter
+from .adapters import DenseAdapter, MoEAdapter, ParallelAdapter, PublishedDenseAdapter, SequentialAdapter
 from .dispatch import TokenDispatcher
 from .pruning import FlopsBudget, ThresholdPruner
 from .layers import LoRAQV
@@ -32,6 +32,11 @@ from .sparsify import FUSE_MODES, ToMeMerge, TopKFuse, expand_keep_rates
 from .vit import BlockSlots, ModelSlots
 
 PAPER_SPARSE_LAYERS = (4, 7, 10)  # 1-based, of 12 layers (Sparse-Tuning, EViT, AS-ViT in ViT-B)
+# The Dense Adapter's two forms: the paper's (adapters.DenseAdapter) and the authors' published code's
+# (adapters.PublishedDenseAdapter). Each form's widths: FORM_OPTIONS; the other form's are an error to change.
+DENSE_ADAPTER_FORMS = ("paper", "published")
+FORM_OPTIONS = {"paper": ("adapter_bottleneck", "dense_inputs"),
+                "published": ("published_bottleneck", "published_inner")}
 TRAINABLE_RULES = ("all", "head", "method", "temporal_positions", "biases")
 
 
@@ -86,7 +91,8 @@ class Method:
         if "adapter" in options and options["adapter"] not in ADAPTER_CHOICES.get(self.name, ()):
             raise ValueError(f"method {self.name!r}: adapter must be one of {ADAPTER_CHOICES[self.name]}, "
                              f"got {options['adapter']!r}")
-        for key in ("lora_rank", "num_prompts", "adapter_bottleneck", "adapter_experts", "dense_inputs"):
+        for key in ("lora_rank", "num_prompts", "adapter_bottleneck", "adapter_experts", "dense_inputs",
+                    "published_bottleneck", "published_inner"):
             if key in options and int(options[key]) < 1:
                 raise ValueError(f"{key} must be >= 1, got {options[key]}")
         if "dispatch_target" in options and not 0.0 < options["dispatch_target"] <= 1.0:
@@ -97,9 +103,22 @@ class Method:
             raise ValueError(f"head_init_std must be > 0 (or null: the backbone's 0.02), got {options['head_init_std']}")
         if "calibrate" in options and not isinstance(options["calibrate"], bool):
             raise ValueError(f"calibrate must be true or false, got {options['calibrate']!r}")
+        if "dense_adapter_form" in options:
+            self._check_dense_form(options)
         if self.reducer == "threshold":
             options.update(_threshold_options(options))
         return options
+
+    def _check_dense_form(self, options: Mapping[str, Any]) -> None:
+        """A known form, and none of the other form's widths changed (they would be silently ignored)."""
+        form = options["dense_adapter_form"]
+        if form not in DENSE_ADAPTER_FORMS:
+            raise ValueError(f"dense_adapter_form must be one of {DENSE_ADAPTER_FORMS}, got {form!r}")
+        other = next(f for f in DENSE_ADAPTER_FORMS if f != form)
+        changed = [k for k in FORM_OPTIONS[other] if options[k] != self.options[k]]
+        if changed:
+            raise ValueError(f"{changed[0]}={options[changed[0]]} sets the {other} form's Dense Adapter, but "
+                             f"dense_adapter_form={form!r} (its widths: {', '.join(FORM_OPTIONS[form])})")
 
     def build(self, ctx: SlotContext, options: Mapping[str, Any]) -> ModelSlots:
         """The slot modules of this method for a backbone (``options`` resolved)."""
@@ -143,8 +162,21 @@ class Method:
             return SequentialAdapter(**size, **dropout)
         if kind == "moe":
             return MoEAdapter(**size, experts=o["adapter_experts"], **dropout)
+        if o.get("dense_adapter_form", "paper") == "published":
+            return _published_dense_adapter(ctx, o, layer)
         history = o["dense_inputs"] - 1  # layer i (0-based) takes min(i, history) earlier adapters
         return DenseAdapter(**size, num_inputs=min(layer, history) + 1, history_len=history)
+
+
+def _published_dense_adapter(ctx: SlotContext, o: Mapping[str, Any], layer: int) -> PublishedDenseAdapter:
+    """Layer ``layer`` (0-based)'s adapter of the published form. Stages begin at the sparsification layers (the
+    method's ``sparse_layers``; a method without them, dense_adapter: the paper's 4/7/10 scaled to the depth, the
+    published code's stages whatever its keep rates); the first stage is the layers before the first one."""
+    sparse = {i - 1 for i in (o.get("sparse_layers") or default_sparse_layers(ctx.depth))}  # 0-based
+    last = ctx.depth - 1
+    return PublishedDenseAdapter(dim=ctx.dim, bottleneck=o["published_bottleneck"], inner=o["published_inner"],
+                                 scale=o["adapter_scale"], takes_input=layer == 0 and 0 not in sparse,
+                                 counted=layer != last, closes=layer == last or layer + 1 in sparse)
 
 
 def _reducer(kind: str, ctx: SlotContext, o: Mapping[str, Any], *, prefix: int, stage: int,
@@ -187,6 +219,10 @@ def default_sparse_layers(depth: int) -> tuple[int, ...]:
 _ADAPTFORMER = {"adapter_bottleneck": 64, "adapter_scale": 0.1}
 _REDUCTION = {"sparse_layers": None, "keep_rate": 0.7}  # None: PAPER_SPARSE_LAYERS scaled to the depth
 _PEFT = ("head", "method", "temporal_positions")
+# The paper's Dense Adapter (bottleneck 32, three inputs, scale 1); dense_adapter_form="published": the authors'
+# code's (768 -> 64 -> 32 -> 64, concat, skip, -> 768; outputs summed per stage and re-added at the stage ends).
+_DENSE = {"adapter_bottleneck": 32, "adapter_scale": 1.0, "dense_inputs": 3, "dense_adapter_form": "paper",
+          "published_bottleneck": 64, "published_inner": 32}
 ADAPTER_CHOICES = {"dyt": ("parallel", "moe")}
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -196,12 +232,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            trains=_PEFT, adapter="sequential", options={"adapter_bottleneck": 64, "adapter_scale": 1.0}),
     Method("adaptformer", "AdaptFormer: a scaled bottleneck beside each FFN", trains=_PEFT, adapter="parallel",
            options=_ADAPTFORMER),
-    Method("dense_adapter", "Sparse-Tuning's Dense Adapters without token sparsification", trains=_PEFT,
-           adapter="dense", options={"adapter_bottleneck": 32, "adapter_scale": 1.0, "dense_inputs": 3}),
+    Method("dense_adapter", "Sparse-Tuning's Dense Adapters without token sparsification (dense_adapter_form="
+           "'published': the authors' code's adapter)", trains=_PEFT,
+           adapter="dense", options={**_DENSE}),
     Method("sparse_tuning", "Sparse-Tuning: top-k [CLS]-attention tokens kept, the rest fused into one, Dense "
-           "Adapters (the paper's defaults: keep 0.7 at layers 4/7/10, bottleneck 32, three inputs)",
+           "Adapters (the paper's defaults: keep 0.7 at layers 4/7/10, bottleneck 32, three inputs; "
+           "dense_adapter_form='published': the authors' code's adapter)",
            trains=_PEFT, adapter="dense", reducer="topk",
-           options={**_REDUCTION, "fuse": "mean", "adapter_bottleneck": 32, "adapter_scale": 1.0, "dense_inputs": 3}),
+           options={**_REDUCTION, "fuse": "mean", **_DENSE}),
     Method("lora", "LoRA on the query and value projections, rank 8, scale 1", trains=_PEFT, lora=True,
            options={"lora_rank": 8}),
     Method("vpt", "VPT-Deep: 8 prompts per layer (the Sparse-Tuning Table 2 count)", trains=_PEFT, prompts=True,

@@ -11,7 +11,8 @@ backbone never asks which method it runs:
 - :class:`Dispatcher`, around the MLP: ``(x, norm, mlp, state) -> (mlp_out, state)``; may run the MLP (and the
   norm before it) on fewer tokens.
 - :class:`Adapter`, beside or after the FFN: ``(x, mlp_out, state) -> (mlp_out, beside, state)``: it may rewrite
-  the MLP's output (a sequential adapter) and/or return a branch added beside the FFN (``beside``; None: none).
+  the MLP's output (a sequential adapter) and/or return a branch added beside the FFN (``beside``; None: none);
+  ``enter(x, state) -> state`` first sees the block's input (the published Dense Adapter's first stage).
 - :class:`Prompts`, model-wide: prefix tokens inserted before each layer and removed before the head.
 
 The LoRA update of the attention's projections is a slot of :class:`~video_st.models.layers.Attention` itself
@@ -75,7 +76,11 @@ class Dispatcher(Slot):
 
 
 class Adapter(Slot):
-    """The adapter slot; the default adds nothing."""
+    """The adapter slot; the default adds nothing. ``enter`` sees the block's input before its attention (the
+    published Dense Adapter's first stage sums from it); the default passes the state through."""
+
+    def enter(self, x: torch.Tensor, state: TokenState) -> TokenState:  # noqa: ARG002 - a hook with a no-op default
+        return state
 
     def forward(self, x: torch.Tensor, mlp_out: torch.Tensor,
                 state: TokenState) -> tuple[torch.Tensor, torch.Tensor | None, TokenState]:

@@ -7,7 +7,7 @@ filled by the records of :mod:`video_st.models.methods`):
   and every later layer see fewer tokens;
 - the dispatcher slot: DyT's token dispatcher, which lets tokens skip the MLP;
 - the adapter slot: a parallel adapter (AdaptFormer, DyT, AS-ViT), a sequential one (Houlsby), an MoE adapter, or
-  a Dense Adapter fed by the previous layers' adapters;
+  a Dense Adapter fed by the previous layers' adapters (or, the published form, summed per stage and re-added);
 - the attention's update slot (LoRA on query and value) and, model-wide, deep prompts (VPT).
 Every slot defaults to doing nothing, so no code here asks which method it runs.
 
@@ -74,6 +74,7 @@ class Block(nn.Module):
         self.num_prefix = num_prefix
 
     def forward(self, x: torch.Tensor, state: TokenState) -> tuple[torch.Tensor, TokenState]:
+        state = self.adapter.enter(x, state)
         attn_out, info = self.attn(self.norm1(x), key_bias=state.attention_bias(self.num_prefix),
                                    rows=self.reducer.rows, keys=self.reducer.keys, head_norms=self.reducer.head_norms)
         x = x + self.drop_path1(self.ls1(attn_out))
