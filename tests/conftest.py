@@ -109,3 +109,16 @@ def python_launcher(nproc: int = 1) -> list[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
+
+
+def assert_outputs_and_grads_close(model, ours, literal) -> None:
+    """``ours`` and a literal re-implementation's ``literal`` (outputs of ``model``'s input) agree, and so do the
+    gradients of the trainable parameters of a loss on each."""
+    import torch
+
+    torch.testing.assert_close(ours, literal, rtol=1e-5, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads_ours = torch.autograd.grad(ours.square().sum(), params, retain_graph=True)
+    grads_literal = torch.autograd.grad(literal.square().sum(), params, retain_graph=True)
+    for g_ours, g_literal in zip(grads_ours, grads_literal, strict=True):
+        torch.testing.assert_close(g_ours, g_literal, rtol=1e-4, atol=1e-5)

@@ -12,7 +12,7 @@ from video_st.models.adapters import PublishedDenseAdapter
 from video_st.models.spec import save_model_file
 from video_st.models.sparsify import plan_reduction
 
-from .conftest import tiny_clip
+from .conftest import assert_outputs_and_grads_close, tiny_clip
 
 
 def _published(method="sparse_tuning", **kwargs):
@@ -121,13 +121,7 @@ def test_the_published_stage_sums_literally(method, kwargs):
     model = _published(method, **kwargs).eval()
     _randomise(model)
     x = tiny_clip()
-    ours, literal = model(x), _literal_published_forward(model, x)
-    torch.testing.assert_close(ours, literal, rtol=1e-5, atol=1e-5)
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads_ours = torch.autograd.grad(ours.square().sum(), params)
-    grads_literal = torch.autograd.grad(literal.square().sum(), params)
-    for g_ours, g_literal in zip(grads_ours, grads_literal, strict=True):
-        torch.testing.assert_close(g_ours, g_literal, rtol=1e-4, atol=1e-5)
+    assert_outputs_and_grads_close(model, model(x), _literal_published_forward(model, x))
 
 
 def test_a_fresh_published_model_is_its_backbone_plus_the_published_embedding_term():

@@ -22,21 +22,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _views(text: str) -> tuple[int, int]:
-    try:
-        temporal, spatial = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected T,S (e.g. 1,3), got {text!r}") from None
-    return temporal, spatial
-
-
 def main(argv: list[str] | None = None) -> int:
+    from video_st.config import views_argument
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="VIDEO|FOLDER|LIST")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--backbone", help="the backbone an adapter-only file was trained on")
     parser.add_argument("--config", nargs="+", metavar="YAML", help="config file(s) for the data settings and views")
-    parser.add_argument("--views", type=_views, metavar="T,S", help="temporal,spatial test views")
+    parser.add_argument("--views", type=views_argument, metavar="T,S", help="temporal,spatial test views")
     parser.add_argument("--ensemble", choices=("prob", "logit", "max"))
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4, help="videos per batch")

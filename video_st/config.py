@@ -324,6 +324,15 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"data.rand_augment must be [num_ops, magnitude] or null, got {list(cfg.data.rand_augment)}")
 
 
+def views_argument(text: str) -> tuple[int, int]:
+    """argparse type of ``--views T,S`` (temporal, spatial test views), e.g. ``1,3``."""
+    try:
+        temporal, spatial = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T,S (e.g. 1,3), got {text!r}") from None
+    return temporal, spatial
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, overrides_help: str = "key=value overrides") -> None:
     """``--config A.yaml [B.yaml ...]`` and the positional ``key=value`` overrides; parse with
     :func:`parse_config_args`."""

@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 
+from ..config import views_argument
 from ..models.factory import list_models
 from ..models.methods import list_methods
 
@@ -144,14 +145,6 @@ def data_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
 
 
 
-def _views(text: str) -> tuple[int, int]:
-    try:
-        temporal, spatial = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected T,S (e.g. 1,3), got {text!r}") from None
-    return temporal, spatial
-
-
 def predict_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     from . import predict_speed
 
@@ -159,7 +152,7 @@ def predict_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
                         help="comma-separated, from: " + ", ".join(predict_speed.SETTINGS))
     parser.add_argument("--methods", default="full,sparse_tuning", help="comma-separated, from list_methods()")
     parser.add_argument("--videos", type=int, default=4, help="generated videos per pass")
-    parser.add_argument("--views", type=_views, default=(1, 3), metavar="T,S", help="temporal,spatial test views")
+    parser.add_argument("--views", type=views_argument, default=(1, 3), metavar="T,S", help="temporal,spatial test views")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per forward batch")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes per method, interleaved")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
