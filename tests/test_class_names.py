@@ -12,9 +12,9 @@ from video_st.data.annotations import (
     VideoRecord,
     match_classes,
     read_k400_csv,
-    read_labelled_list,
     read_ssv2,
 )
+from video_st.data.lists import read_labelled_list
 from video_st.engine.build import read_split
 
 TEMPLATES = ["Moving something from left to right", "Moving something from right to left", "Pushing something",

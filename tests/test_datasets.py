@@ -11,12 +11,11 @@ import torch
 from video_st.data.annotations import (
     AnnotationError,
     VideoRecord,
-    read_frame_list,
     read_k400_csv,
-    read_path_label_list,
     read_ssv2,
     save_class_names,
 )
+from video_st.data.lists import read_frame_list, read_path_label_list
 from video_st.data.sampling import ClipSpec
 from video_st.data.datasets import (
     BadFileLog,

@@ -5,7 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from video_st.data.decode import VideoReadError, open_video, probe, read_frame_folder, read_frames
+from video_st.data.decode import VideoReadError, open_video, probe, read_frames
+from video_st.data.frames import read_frame_folder
 from video_st.data.sampling import (
     clip_span,
     dense_indices,

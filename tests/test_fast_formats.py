@@ -14,6 +14,7 @@ import torch
 
 from video_st.config import load_config
 from video_st.data import decode
+from video_st.data.frames import read_frame_folder, read_jpeg
 from video_st.data.annotations import VideoRecord
 from video_st.engine.build import eval_dataset, train_dataset
 from video_st.preprocess import jobs, media
@@ -71,12 +72,12 @@ def test_frames_at_a_short_side_and_a_rerun_at_another_redoes_them(sources, tmp_
     first = _job("frames", sources, out, short_side=40)
     assert first.ok == 2
     folders = sorted(p for p in out.iterdir() if p.is_dir())
-    frame = decode.read_frame_folder(folders[0], [0, FRAMES - 1])
+    frame = read_frame_folder(folders[0], [0, FRAMES - 1])
     assert frame.shape == (2, 40, 54, 3)  # 66 x 88 -> short side 40, aspect kept, even sides
     again = _job("frames", sources, out, short_side=40)
     assert again.skipped == 2 and again.ok == 0
     other = _job("frames", sources, out, short_side=50)  # a different size does not verify: redone
-    assert other.ok == 2 and decode.read_frame_folder(folders[0], [0]).shape == (1, 50, 66, 3)
+    assert other.ok == 2 and read_frame_folder(folders[0], [0]).shape == (1, 50, 66, 3)
 
 
 def _records(summary, frames_out, video_out) -> dict[str, list[VideoRecord]]:
@@ -117,7 +118,7 @@ def test_the_fast_formats_give_the_source_clips(sources, tmp_path):
         assert (test_got - test_want).abs().mean() < 2.5 * level, name
     # Pixels: the frame folder's frame k is the source's frame k, within JPEG error, and far from its neighbours.
     source = decode.read_frames(records["source"][0].path, list(range(FRAMES)))
-    folder = decode.read_frame_folder(records["frames"][0].path, list(range(FRAMES)))
+    folder = read_frame_folder(records["frames"][0].path, list(range(FRAMES)))
     gop8 = decode.read_frames(records["gop8"][0].path, list(range(FRAMES)))
     for got in (folder, gop8):
         # (got frame, source frame) mean absolute error, one row at a time (the whole cube would be 0.3 GB)
@@ -135,7 +136,7 @@ def test_simplejpeg_and_pillow_decode_the_same_pixels(sources, tmp_path):
     for name in sorted(os.listdir(folder))[:4]:
         with Image.open(folder / name) as img:
             want = np.asarray(img.convert("RGB"))
-        np.testing.assert_array_equal(decode.read_jpeg(str(folder / name)), want)
+        np.testing.assert_array_equal(read_jpeg(str(folder / name)), want)
 
 
 def test_k400_frames_carry_their_class_names_and_train_from_the_frame_list(sources, tmp_path):

@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 
-from video_st.data import decode
+from video_st.data.frames import read_frame_folder
 from video_st.preprocess import media
 from video_st.preprocess import jobs, staging
 from video_st.preprocess import run as pp
@@ -177,7 +177,7 @@ def test_frames_at_source_and_lower_fps(videos, tmp_path):
                 assert abs(int(count) - frames / float(rate) * fps) <= 1
             names = sorted(os.listdir(out / frame_dir))
             assert names == [f"img_{i:05d}.jpg" for i in range(1, int(count) + 1)]
-            clip = decode.read_frame_folder(out / frame_dir, [0, int(count) - 1])
+            clip = read_frame_folder(out / frame_dir, [0, int(count) - 1])
             assert clip.shape == (2, height, width, 3)
 
 

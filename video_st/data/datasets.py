@@ -25,7 +25,8 @@ import torch
 from ..errors import VideoSTError
 from ..fileio import write_atomic
 from .annotations import AnnotationError, VideoRecord
-from .decode import BACKENDS, VideoReadError, open_video, read_frame_folder
+from .decode import BACKENDS, VideoReadError, open_video
+from .frames import read_frame_folder
 from .records import RecordTable
 from .sampling import ClipSpec, train_indices, view_indices
 

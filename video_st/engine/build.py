@@ -10,7 +10,8 @@ import torch
 from omegaconf import DictConfig
 
 from ..config import to_dict
-from ..data.annotations import VideoRecord, read_k400_csv, read_labelled_list, read_ssv2
+from ..data.annotations import VideoRecord, read_k400_csv, read_ssv2
+from ..data.lists import read_labelled_list
 from ..data.folders import read_class_folders
 from ..data.datasets import VideoClipDataset, check_files
 from ..data.sampling import ClipSpec

@@ -21,10 +21,10 @@ from ..data.annotations import (
     VideoRecord,
     load_class_names,
     read_k400_csv,
-    read_path_label_list,
     read_ssv2,
 )
 from ..data.folders import read_video_folder
+from ..data.lists import read_path_label_list
 
 _log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ Subcommands (``JobSpec.subcommand``):
   the source's size; scaled as ``resize`` scales), Pillow ``quality``, one folder per
   video ``OUTPUT/<rel path without extension>/``, and the frame list ``frame_dir num_frames label`` (frame_dir
   relative to OUTPUT; label from the annotation, -1 for a folder or an unlabelled split), which
-  ``annotations.read_frame_list`` reads.
+  ``lists.read_frame_list`` reads.
 
 Inputs (``input_format``; ``auto``: a folder, ``*.csv`` K400, ``*.json`` SSv2, anything else a list):
 
@@ -32,7 +32,7 @@ Inputs (``input_format``; ``auto``: a folder, ``*.csv`` K400, ``*.json`` SSv2, a
 - ``k400``: a Kinetics CSV (``annotations.read_k400_csv``; file order). Files are ``ROOT/NAME``,
   ``ROOT/SPLIT/NAME`` or ``ROOT/SPLIT/LABEL/NAME``, the first that exists, else the video is ``failed``
   "missing". Labels index the CSV's sorted class names, or ``classes`` (a JSON list or one name per line).
-- ``list``: ``path label`` lines (``annotations.read_path_label_list``; file order).
+- ``list``: ``path label`` lines (``lists.read_path_label_list``; file order).
 - ``ssv2``: Something-Something-v2, ``input`` the split JSON and ``ssv2_labels`` the labels JSON
   (``annotations.read_ssv2``); videos ``ROOT/{id}{ext}``, ext that of most videos in ROOT, .webm if none.
 
