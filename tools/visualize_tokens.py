@@ -18,7 +18,9 @@ Outputs in --out (written atomically):
   overview.png           rows: the input clip, then one row per stage; columns: the clip's frames
   stageK_LABEL.png       one per stage; rows: tubelet time steps, columns: the frames of that tubelet
   tokens.gif             the clip played with the input and every stage's overlay side by side
-Dropped tokens are drawn as dimmed, greyed patch-sized blocks; kept tokens keep their pixels. Exit code 2 on bad
+Dropped tokens are drawn as dimmed, greyed patch-sized blocks; kept tokens keep their pixels. Where the video has a
+ground-truth object mask (the hard generated style writes ROOT/annotations/SPLIT_masks.npz; found by itself for a
+video in ROOT/SPLIT/, or given with --masks), the object is outlined in magenta on every frame. Exit code 2 on bad
 input (config, checkpoint, unreadable video, a model without reduction stages), with the file named. The drawing
 code is video_st/viz/.
 """
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=0,
                         help=f"enlarge frames this many times (default: to at least {MIN_TILE} px)")
     parser.add_argument("--fps", type=float, default=4.0, help="frames per second of tokens.gif")
+    parser.add_argument("--masks", help="object masks (.npz) to outline the object from (default: the video's "
+                        "split's ROOT/annotations/SPLIT_masks.npz, when there is one)")
     args = parse_config_args(parser, argv)  # options, config files and key=value overrides in any order
     if args.scale < 0 or args.fps <= 0:
         parser.error("--scale must be >= 0 and --fps > 0")
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     def draw() -> int:
         cfg = load_config(args.config, args.overrides)
         print(visualize(cfg, args.video, args.out, checkpoint=args.checkpoint, view=args.view, scale=args.scale,
-                        fps=args.fps).report())
+                        fps=args.fps, masks=args.masks).report())
         return 0
 
     return run_tool(draw, verbose=args.verbose)

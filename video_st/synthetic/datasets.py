@@ -1,10 +1,10 @@
 """Small synthetic video-classification datasets in the real on-disk formats of Kinetics-400 and SSv2.
 
-The demo and test data of the project. Every video is a static random textured background with one or two
-random shapes (square or disc, random hue, always brighter than the background) moving across it; the class is
-ONLY the motion (direction, and optionally speed).
+The demo and test data. Every video is a static random textured background with one or two random shapes (square
+or disc, random hue, brighter than the background) moving across it; the class is ONLY the motion (direction, speed).
 Colours, shapes, sizes, start positions and background are drawn independently of the class, so a single frame
-cannot tell the class: frame 0 of a video is the same whatever its class (see :func:`render_frames`).
+cannot tell the class: frame 0 of a video is the same whatever its class (see :func:`render_frames`). The hard
+style is harder on purpose (:mod:`.hard`: a small object among look-alikes, classes told by the order of motions).
 
 K400 layout (``make_k400_style``)::
 
@@ -17,7 +17,10 @@ SSv2 layout (``make_ssv2_style``)::
     ROOT/something-something-v2-{train,validation}.json   [{"id", "label", "template", "placeholders"}, ...]
     ROOT/videos/{id}.webm                         VP9, yuv420p, no audio
 
-Both also write ``ROOT/classes.json`` (class names in index order) and ``ROOT/corrupt.json`` (planted corrupt
+Hard layout (``make_hard_style``, the task in :mod:`.hard`): the K400 layout plus
+``ROOT/annotations/{train,val}_masks.npz``, per video id the pixels the object covers (format: :mod:`.masks`).
+
+All styles also write ``ROOT/classes.json`` (class names in index order) and ``ROOT/corrupt.json`` (planted corrupt
 files, which keep their annotation rows like failed downloads). Class indices follow the alphabetical order of
 the class names, as in the real label files, so a loader that sorts the label names agrees with classes.json.
 
@@ -28,10 +31,7 @@ a complete dataset. Same seed -> byte-identical files (single-threaded encoders,
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
-import json
 import logging
 import os
 import time
@@ -42,11 +42,16 @@ import numpy as np
 
 from ..data.annotations import strip_template
 from ..fileio import write_atomic
+from .files import (SPLITS, SSV2_FILES, VP9, X264, encode, to_json, write_k400_annotations,
+                    write_ssv2_annotations)
+from .hard import DISTRACTORS as HARD_DISTRACTORS
+from .hard import HardClass, hard_classes, render_hard, sample_hard_scene
+from .masks import masks_path, video_id_of, write_masks
 from .scenes import Motion, add_grain, class_motions, render_frames, sample_scene
 
 _log = logging.getLogger(__name__)
 
-STYLES = ("k400", "ssv2")
+STYLES = ("k400", "ssv2", "hard")
 CORRUPT_KINDS = ("zero", "truncated", "garbage")
 
 
@@ -58,27 +63,8 @@ SSV2_OBJECTS = (
     "ball", "box", "cup", "book", "bottle", "phone", "pen", "remote control", "spoon", "toy car", "apple",
     "shoe", "key", "wallet", "mug", "paper", "lighter", "scissors", "coin", "charger",
 )
-SSV2_FILES = {
-    "labels": "something-something-v2-labels.json",
-    "train": "something-something-v2-train.json",
-    "val": "something-something-v2-validation.json",
-}
 SSV2_MAX_ID = 220847  # real SSv2 ids are 1..220847
 _YOUTUBE_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
-_SPLITS = ("train", "val")
-
-# Encoder settings. Single-threaded encoders + bit-exact muxing make the bytes a function of the seed alone
-# (the Matroska muxer otherwise writes random track UIDs). libx264 needs more: even single-threaded, its
-# lookahead / macroblock-tree path gave different bitstreams (and decoded pixels) for the same frames from one
-# run to the next here; cpu-independent=1 fixed it in every trial. faststart puts the MP4 index first like web
-# downloads, so a truncated MP4 opens and fails on a later frame rather than at open.
-_X264 = {"codec": "libx264", "format": "mp4",
-         "options": {"preset": "veryfast", "crf": "18", "x264-params": "cpu-independent=1"},
-         "container_options": {"fflags": "+bitexact", "movflags": "+faststart"}}
-_VP9 = {"codec": "libvpx-vp9", "format": "webm",
-        "options": {"deadline": "realtime", "cpu-used": "8", "crf": "24", "b": "0"},
-        "container_options": {"fflags": "+bitexact"}}
-
 
 # ----------------------------------------------------------------------------------------------- public types
 
@@ -104,6 +90,7 @@ class DatasetSummary:
     classes_file: str
     corrupt_file: str
     seconds: float = field(default=0.0, compare=False)
+    mask_files: dict[str, str] = field(default_factory=dict)  # "train", "val" -> absolute path (hard style)
 
     def describe(self) -> str:
         splits = ", ".join(f"{split} {n}" for split, n in self.num_videos.items())
@@ -129,6 +116,9 @@ def make_dataset(
     corrupt: Mapping[str, int] | None = None,
     overwrite: bool = False,
     grain: float = 0.0,
+    task: str = "target",
+    distractors: int | None = None,
+    show_object: bool = True,
 ) -> DatasetSummary:
     """A generated dataset in the real format of ``style`` under ``root``.
 
@@ -137,20 +127,36 @@ def make_dataset(
     - ``"ssv2"``: Something-Something-v2-style, labels/train/validation JSON, VP9 WebM in videos/; templates
       "Moving [something] from left to right", "... from right to left", "Pushing [something] up", "Pulling
       [something] down", then "Quickly ..." versions (up to 8).
+    - ``"hard"``: the K400 layout plus ``annotations/{train,val}_masks.npz`` (:mod:`.masks`); a small object among
+      ``distractors`` look-alikes (default: 3 for the target task, 5 for pretrain) over a panning texture
+      (:mod:`.hard`). ``task="target"``: "moving right then up", "moving up then right", ... (8: perpendicular
+      directions in both orders, told apart only by their order); ``task="pretrain"``: "moving left", ...
+      "moving up-right" (8 straight directions, every sprite moving with the class). ``show_object=False`` writes
+      the same videos without the object (a control with no class left in it; the masks stay).
+      ``make_hard_style`` has its defaults: 8 classes x (32 + 8) videos of 16 frames of 64 x 64.
 
     ``corrupt`` maps kind -> count ("zero", "truncated", "garbage"), planted among train and val videos.
     Refuses a non-empty ``root`` unless ``overwrite`` (which replaces only the files this module writes).
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if style != "hard" and (task, distractors, show_object) != ("target", None, True):
+        raise ValueError(f"task, distractors and show_object are options of the hard style, not of {style!r}")
+    if style == "hard" and distractors is not None and distractors < 0:
+        raise ValueError(f"distractors must be >= 0, got {distractors}")
+    if distractors is None:
+        distractors = HARD_DISTRACTORS.get(task, 0)  # an unknown task is refused with the class check
     return _make(root, style=style, num_classes=num_classes, train_per_class=train_per_class,
                  val_per_class=val_per_class, num_frames=num_frames, height=height, width=width, fps=fps,
-                 seed=seed, corrupt=corrupt, overwrite=overwrite, grain=grain)
+                 seed=seed, corrupt=corrupt, overwrite=overwrite, grain=grain,
+                 hard=_HardOptions(task, distractors, show_object))
 
 
-# The two styles by name (what the tools and tests call).
+# The styles by name (what the tools and tests call).
 make_k400_style = functools.partial(make_dataset, style="k400")
 make_ssv2_style = functools.partial(make_dataset, style="ssv2")
+make_hard_style = functools.partial(make_dataset, style="hard", num_classes=8, train_per_class=32, val_per_class=8,
+                                    num_frames=16, height=64, width=64)
 
 
 def parse_corrupt_spec(text: str) -> dict[str, int]:
@@ -172,10 +178,17 @@ def parse_corrupt_spec(text: str) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
+class _HardOptions:
+    task: str
+    distractors: int
+    show_object: bool
+
+
+@dataclass(frozen=True)
 class _Item:
     split: str
     label: int  # class index (alphabetical order)
-    motion: Motion
+    motion: Motion | HardClass
     seed: int  # appearance seed of this video, drawn independently of the label
     relpath: str
     row: dict  # the annotation entry (K400 CSV row or SSv2 JSON object)
@@ -183,16 +196,21 @@ class _Item:
 
 def _make(root: str | os.PathLike, *, style: str, num_classes: int, train_per_class: int, val_per_class: int,
           num_frames: int, height: int, width: int, fps: int, seed: int, corrupt: Mapping[str, int] | None,
-          overwrite: bool, grain: float = 0.0) -> DatasetSummary:
+          overwrite: bool, grain: float = 0.0, hard: _HardOptions) -> DatasetSummary:
     start = time.perf_counter()
     corrupt = dict(corrupt or {})
     _check_args(num_classes=num_classes, train_per_class=train_per_class, val_per_class=val_per_class,
-                num_frames=num_frames, height=height, width=width, fps=fps, corrupt=corrupt)
+                num_frames=num_frames, height=height, width=width, fps=fps, corrupt=corrupt,
+                task=hard.task if style == "hard" else None)
     root = os.path.abspath(os.fspath(root))
     _prepare_root(root, overwrite=overwrite)
 
-    motions = class_motions(num_classes=num_classes)
-    names = [m.k400_name if style == "k400" else strip_template(m.ssv2_template) for m in motions]
+    if style == "hard":
+        motions = hard_classes(hard.task, num_classes=num_classes)
+        names = [m.name for m in motions]
+    else:
+        motions = class_motions(num_classes=num_classes)
+        names = [m.k400_name if style == "k400" else strip_template(m.ssv2_template) for m in motions]
     order = sorted(range(num_classes), key=lambda i: names[i])  # index = alphabetical, like the real label files
     classes = [names[i] for i in order]
     motions = [motions[i] for i in order]
@@ -200,47 +218,66 @@ def _make(root: str | os.PathLike, *, style: str, num_classes: int, train_per_cl
     rng = np.random.default_rng(seed)
     counts = {"train": train_per_class, "val": val_per_class}
     plan = _plan_labels(rng, num_classes=num_classes, counts=counts)
-    namer = _k400_items if style == "k400" else _ssv2_items
+    namer = _ssv2_items if style == "ssv2" else _k400_items
     items = namer(rng, plan=plan, motions=motions, classes=classes)
-    encoder = _X264 if style == "k400" else _VP9
+    encoder = VP9 if style == "ssv2" else X264
     _log.info("writing %d %s-style videos (%d classes, %d frames of %dx%d) to %s",
               len(items), style, num_classes, num_frames, height, width, root)
 
+    masks: dict[str, dict[str, np.ndarray]] = {split: {} for split in SPLITS}
     for n, item in enumerate(items):
-        scene = sample_scene(np.random.default_rng(item.seed), height=height, width=width)
-        frames = render_frames(scene, motion=item.motion, num_frames=num_frames)
+        appearance = np.random.default_rng(item.seed)
+        if style == "hard":
+            scene = sample_hard_scene(appearance, height=height, width=width, num_frames=num_frames,
+                                      distractors=hard.distractors)
+            frames, mask = render_hard(scene, item.motion, show_object=hard.show_object)
+            masks[item.split][video_id_of(item.relpath)] = mask
+        else:
+            frames = render_frames(sample_scene(appearance, height=height, width=width), motion=item.motion,
+                                   num_frames=num_frames)
         if grain > 0:
             frames = add_grain(frames, std=grain, rng=np.random.default_rng(item.seed + 1))
-        _encode(os.path.join(root, item.relpath), frames, fps=fps, **encoder)
+        encode(os.path.join(root, item.relpath), frames, fps=fps, **encoder)
         _log.debug("%d/%d %s (%s)", n + 1, len(items), item.relpath, classes[item.label])
 
     planted = _plant_corrupt(rng, root=root, items=items, corrupt=corrupt)
-    # Annotations after the videos and classes.json last: a killed run has no classes.json.
+    # Masks and annotations after the videos and classes.json last: a killed run has no classes.json.
+    mask_files = {}
+    if style == "hard":  # planted corrupt files keep their masks: the ground truth of what should be there
+        for split in SPLITS:
+            mask_files[split] = masks_path(root, split)
+            write_masks(mask_files[split], masks[split])
     corrupt_file = os.path.join(root, "corrupt.json")
-    write_atomic(corrupt_file, _json([c.to_json() for c in planted]))
-    if style == "k400":
-        annotation_files = _write_k400_annotations(root, items)
+    write_atomic(corrupt_file, to_json([c.to_json() for c in planted]))
+    if style != "ssv2":
+        annotation_files = write_k400_annotations(root, items)
     else:
-        annotation_files = _write_ssv2_annotations(root, items, classes=classes)
+        annotation_files = write_ssv2_annotations(root, items, classes=classes)
     classes_file = os.path.join(root, "classes.json")
-    write_atomic(classes_file, _json(classes))
+    write_atomic(classes_file, to_json(classes))
 
     summary = DatasetSummary(
         style=style, root=root, classes=tuple(classes), annotation_files=annotation_files,
-        num_videos={split: sum(i.split == split for i in items) for split in _SPLITS}, corrupt=tuple(planted),
+        num_videos={split: sum(i.split == split for i in items) for split in SPLITS}, corrupt=tuple(planted),
         classes_file=classes_file, corrupt_file=corrupt_file, seconds=time.perf_counter() - start,
+        mask_files=mask_files,
     )
     _log.info("%s", summary.describe())
     return summary
 
 
 def _check_args(*, num_classes: int, train_per_class: int, val_per_class: int, num_frames: int, height: int,
-                width: int, fps: int, corrupt: dict[str, int]) -> None:
-    class_motions(num_classes=num_classes)  # raises on a bad count
+                width: int, fps: int, corrupt: dict[str, int], task: str | None = None) -> None:
+    if task is None:
+        class_motions(num_classes=num_classes)  # raises on a bad count
+    else:
+        hard_classes(task, num_classes=num_classes)
     if train_per_class < 1 or val_per_class < 0:
         raise ValueError(f"need train_per_class >= 1 and val_per_class >= 0, got {train_per_class}, {val_per_class}")
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2 (motion needs two frames), got {num_frames}")
+    if task is not None and num_frames < 4:
+        raise ValueError(f"num_frames must be >= 4 for the hard style (two motions of two frames), got {num_frames}")
     if fps < 1:
         raise ValueError(f"fps must be >= 1, got {fps}")
     for name, value in (("height", height), ("width", width)):
@@ -275,7 +312,8 @@ def _remove_generated(root: str) -> None:
     # Only what this module writes: stale videos of a larger earlier run would otherwise stay beside the new
     # annotations. Anything else the folder holds is left alone.
     removed = 0
-    for name in ["classes.json", "corrupt.json", *SSV2_FILES.values(), "annotations/train.csv", "annotations/val.csv"]:
+    for name in ["classes.json", "corrupt.json", *SSV2_FILES.values(), "annotations/train.csv", "annotations/val.csv",
+                 "annotations/train_masks.npz", "annotations/val_masks.npz"]:
         for path in (os.path.join(root, name), os.path.join(root, name + ".tmp")):
             if os.path.isfile(path):
                 os.remove(path)
@@ -293,7 +331,7 @@ def _remove_generated(root: str) -> None:
 def _plan_labels(rng: np.random.Generator, *, num_classes: int, counts: dict[str, int]) -> list[tuple[str, int, int]]:
     """(split, label, appearance seed) per video; shuffled within a split so classes are not in blocks."""
     plan = []
-    for split in _SPLITS:
+    for split in SPLITS:
         labels = np.repeat(np.arange(num_classes), counts[split])
         labels = labels[rng.permutation(len(labels))]
         seeds = rng.integers(0, 2**63, size=len(labels))  # one independent stream per video
@@ -360,53 +398,3 @@ def _plant_corrupt(rng: np.random.Generator, *, root: str, items: list[_Item],
         planted.append(CorruptFile(path=item.relpath, kind=kind, split=item.split))
         _log.info("planted %s file %s", kind, item.relpath)
     return sorted(planted, key=lambda c: c.path)
-
-
-def _write_k400_annotations(root: str, items: list[_Item]) -> dict[str, str]:
-    files = {}
-    for split in _SPLITS:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=["label", "youtube_id", "time_start", "time_end", "split"],
-                                lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(item.row for item in items if item.split == split)
-        files[split] = os.path.join(root, "annotations", f"{split}.csv")
-        write_atomic(files[split], out.getvalue())
-    return files
-
-
-def _write_ssv2_annotations(root: str, items: list[_Item], *, classes: list[str]) -> dict[str, str]:
-    files = {key: os.path.join(root, name) for key, name in SSV2_FILES.items()}
-    write_atomic(files["labels"], _json({name: str(i) for i, name in enumerate(classes)}))
-    for split in _SPLITS:
-        write_atomic(files[split], _json([item.row for item in items if item.split == split]))
-    return files
-
-
-# ----------------------------------------------------------------------------------------------- files
-
-
-def _encode(path: str, frames: np.ndarray, *, fps: int, codec: str, format: str, options: dict[str, str],
-            container_options: dict[str, str]) -> None:
-    import av  # only needed to write videos; rendering works without it
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        # The container format is explicit: the ".tmp" name does not tell FFmpeg what to write.
-        with av.open(tmp, "w", format=format, options=container_options) as container:
-            stream = container.add_stream(codec, rate=fps, options=options)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.codec_context.thread_count = 1  # deterministic output
-            for image in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            container.mux(stream.encode())  # flush the encoder's delayed frames
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, indent=1) + "\n"

@@ -1,5 +1,6 @@
-"""Pixels: denormalised frames, dropped tokens dimmed, tiles laid out in a grid with titles, and the three outputs
-(overview.png, stageK_LABEL.png, tokens.gif), each written atomically."""
+"""Pixels: denormalised frames, dropped tokens dimmed, the ground-truth object outlined (when masks exist), tiles
+laid out in a grid with titles, and the three outputs (overview.png, stageK_LABEL.png, tokens.gif), each written
+atomically."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ TEXT = (0, 0, 0)
 # Dropped tokens: blended towards mid-grey, so the frame stays recognisable while the kept tokens stand out.
 GREY = 128.0
 DIM_KEEP = 0.25  # share of the original pixel left in a dropped patch
+OUTLINE = (255, 0, 255)  # the ground-truth object's contour: magenta, rare in the generated scenes
 
 
 def denormalize(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -49,6 +51,19 @@ def overlay(frame: np.ndarray, step_mask: np.ndarray, patch: int) -> np.ndarray:
     drop = np.repeat(np.repeat(~step_mask, patch, axis=0), patch, axis=1)
     out = frame.copy()
     out[drop] = dim(frame[drop])
+    return out
+
+
+def outline(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``frame`` (H, W, 3) with the contour of the object ``mask`` (H, W) bool marks drawn in OUTLINE: the pixels
+    just outside it (4-neighbours of an object pixel), so the object's own pixels stay as they are."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= mask[:, :-1]
+    grown[:, :-1] |= mask[:, 1:]
+    out = frame.copy()
+    out[grown & ~mask] = OUTLINE
     return out
 
 
@@ -98,13 +113,17 @@ def save_gif(frames: Sequence[Image.Image], path: str, fps: float) -> None:
 
 
 def draw_all(frames: np.ndarray, masks: np.ndarray, labels: Sequence[str], geo: Geometry, *, scale: int,
-             fps: float, view: tuple[int, int], out: str) -> list[str]:
+             fps: float, view: tuple[int, int], out: str, outlines: np.ndarray | None = None) -> list[str]:
     """Write into ``out`` overview.png (rows: the input clip, then one per stage; columns: the frames), one PNG per
     stage (rows: tubelet steps; columns: the frames of the step) and tokens.gif (the input and every stage's
-    overlay side by side, frame by frame); returns the paths written."""
+    overlay side by side, frame by frame); returns the paths written. ``outlines``: bool (T, H, W), the
+    ground-truth object in the clip's pixels, outlined on every drawn frame."""
     num_frames, per_step = frames.shape[0], geo.tokens_per_step
     tiles = [[overlay(frames[f], masks[s, f // geo.tubelet], geo.patch) for f in range(num_frames)]
              for s in range(len(labels))]
+    if outlines is not None:
+        frames = np.stack([outline(frame, mask) for frame, mask in zip(frames, outlines, strict=True)])
+        tiles = [[outline(tile, outlines[f]) for f, tile in enumerate(row)] for row in tiles]
     counts = [kept_per_frame(m, geo) for m in masks]
     written = []
 

@@ -1,0 +1,241 @@
+"""The hard generated task (``style="hard"``): classes that need a video model and token selection that matters.
+
+Every video is a small object among distractors that look like it, over a textured background that pans; the
+world is a torus (everything that leaves one side is drawn entering the other), so the object is always whole
+on screen and its position at any frame is uniform whatever the class.
+
+- ``task="target"``: the object moves straight for the first half of the video, turns 90 degrees at the middle
+  (t = (T - 1) / 2) and moves straight for the second half: "moving right then up" ... 8 classes, every pair of
+  perpendicular directions in both orders. "right then up" and "up then right" have the same displacement (the
+  first and last frames cannot tell them apart) and differ only in the order of the two motions; the set is
+  closed under time reversal ("right then up" played backwards is "down then left": :func:`reverse_video`).
+  The distractors ride on the panning background, wobbling by up to ``JITTER`` per frame: only its own motion
+  tells the object from its look-alikes, and a single frame cannot.
+- ``task="pretrain"``: the object and every distractor move straight in one of 8 directions (4 axes, 4
+  diagonals), each at its own speed (a group motion: more moving pixels, so a ViT trained from scratch on it
+  learns in a few hundred steps, where a lone small object among static look-alikes took thousands): the
+  related task of a stand-in pre-trained backbone. Its features of a turn are those of the net (diagonal)
+  displacement, which both orders share: a backbone pre-trained on it must adapt to tell them apart.
+
+What is drawn independently of the class (:func:`sample_hard_scene` takes no class): the object's shape
+(square or disc), size, colour (random hue, brighter than the background), start and speed; the distractors
+(each a copy of the object's look, or with probability 1/2 a shape and colour of its own; at least one is an
+exact copy), their places and wobble; the background texture (periodic low-pass colour noise and stripes) and
+its pan (random direction, up to ``PAN_SPEED`` of the frame per frame). So in the target task every single frame
+has the same distribution whatever the class. The object is drawn last, on top: its ground-truth mask
+(:func:`render_hard`, written by the dataset as ``*_masks.npz``: :mod:`.masks`) is exactly the pixels it covers
+(pretrain task: every sprite's, as all of them move with the class).
+
+All motion is on a grid of 1/16 pixel and the turn at a multiple of 1/2 frame, so positions are exact in float64
+and a reversed video is pixel-identical to the reversal (the tests check it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .scenes import _bright_colour, _paste, _stamp
+
+TASKS = ("target", "pretrain")
+
+# (dy, dx), y grows downwards.
+UNITS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0),
+         "up-left": (-1, -1), "up-right": (-1, 1), "down-left": (1, -1), "down-right": (1, 1)}
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
+            "up-left": "down-right", "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
+
+# Class order before the alphabetical index order; any prefix of 4 or 8 is closed under order swap and reversal.
+TARGET_TURNS = (("right", "up"), ("up", "right"), ("left", "down"), ("down", "left"),
+                ("right", "down"), ("down", "right"), ("left", "up"), ("up", "left"))
+PRETRAIN_DIRECTIONS = ("left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right")
+MAX_HARD_CLASSES = 8
+
+# Sizes and speeds as fractions of min(H, W) (64 px frames: object 9-13 px, 1.4-2.2 px per frame, distractor
+# wobble up to 0.4 px per axis and frame, pan up to 0.6 px per frame).
+OBJECT_SIZE = (0.14, 0.20)
+OBJECT_SPEED = (0.022, 0.034)  # per frame, along the motion (diagonals: the same speed, not per axis)
+JITTER = 0.006  # distractor step per axis, uniform in [-JITTER, JITTER]
+PAN_SPEED = 0.01
+DISTRACTORS = {"target": 3, "pretrain": 5}  # per task, the dataset's default
+GRID = 16  # positions and velocities are multiples of 1 / GRID pixel (exact arithmetic)
+
+
+@dataclass(frozen=True)
+class HardClass:
+    """A class of the hard task: ``first`` then ``second`` (target), or ``first`` alone (pretrain: straight)."""
+
+    first: str
+    second: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"moving {self.first}" + (f" then {self.second}" if self.second else "")
+
+    def reversed(self) -> HardClass:
+        """The class of this class's videos played backwards."""
+        if self.second is None:
+            return HardClass(OPPOSITE[self.first])
+        return HardClass(OPPOSITE[self.second], OPPOSITE[self.first])
+
+
+@dataclass(frozen=True)
+class Sprite:
+    kind: str  # "square" | "disc"
+    size: int
+    colour: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class HardScene:
+    """Everything a video looks like and every motion but the class's: drawn without knowing the class."""
+
+    texture: np.ndarray  # (H, W, 3) uint8, periodic: the background, rolled by the pan
+    pan_start: tuple[float, float]  # (y, x) roll at frame 0, pixels
+    pan_velocity: tuple[float, float]  # pixels per frame
+    sprite: Sprite  # the object
+    start: tuple[float, float]  # the object's top-left at frame 0 (torus coordinates)
+    speed: float  # the object's pixels per frame along its motion
+    distractors: tuple[Sprite, ...]
+    distractor_paths: np.ndarray  # (D, T, 2) float64 top-left per frame (unwrapped), multiples of 1/GRID
+    distractor_speeds: tuple[float, ...]  # pixels per frame when they move with the class (pretrain task)
+    num_frames: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.texture.shape[0], self.texture.shape[1]
+
+
+def hard_classes(task: str, *, num_classes: int) -> list[HardClass]:
+    """The first ``num_classes`` classes of ``task`` (before the alphabetical index order is applied)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if not 2 <= num_classes <= MAX_HARD_CLASSES:
+        raise ValueError(f"num_classes must be in 2..{MAX_HARD_CLASSES} for the hard style, got {num_classes}")
+    if task == "target":
+        return [HardClass(a, b) for a, b in TARGET_TURNS[:num_classes]]
+    return [HardClass(d) for d in PRETRAIN_DIRECTIONS[:num_classes]]
+
+
+def sample_hard_scene(rng: np.random.Generator, *, height: int, width: int, num_frames: int,
+                      distractors: int = 3) -> HardScene:
+    """Background, pan, object and distractors of one video. Takes no class: appearance is independent of it."""
+    extent = min(height, width)
+    texture = _texture(rng, height=height, width=width)
+    mean = texture.reshape(-1, 3).mean(0)
+    angle = rng.uniform(0, 2 * math.pi)
+    pan = rng.uniform(0, PAN_SPEED) * extent
+    pan_velocity = (_q(pan * math.sin(angle)), _q(pan * math.cos(angle)))
+    pan_start = (float(rng.integers(height)), float(rng.integers(width)))
+    sprite = _sprite(rng, extent, mean)
+    start = (float(rng.integers(height)), float(rng.integers(width)))
+    speed = _q(rng.uniform(*OBJECT_SPEED) * extent)
+    looks, paths, speeds = [], [], []
+    copy_first = int(rng.integers(distractors)) if distractors else -1
+    for d in range(distractors):
+        own = d != copy_first and rng.random() < 0.5
+        looks.append(_sprite(rng, extent, mean) if own else sprite)
+        origin = np.array([rng.integers(height), rng.integers(width)], dtype=np.float64)
+        steps = np.round(rng.uniform(-JITTER, JITTER, size=(num_frames - 1, 2)) * extent * GRID) / GRID
+        paths.append(np.concatenate([origin[None], origin + np.cumsum(steps, axis=0)]))
+        speeds.append(_q(rng.uniform(*OBJECT_SPEED) * extent))
+    return HardScene(texture=texture, pan_start=pan_start, pan_velocity=pan_velocity, sprite=sprite, start=start,
+                     speed=speed, distractors=tuple(looks),
+                     distractor_paths=np.array(paths, dtype=np.float64).reshape(distractors, num_frames, 2),
+                     distractor_speeds=tuple(speeds), num_frames=num_frames)
+
+
+def object_path(scene: HardScene, cls: HardClass) -> np.ndarray:
+    """(T, 2) top-left of the object per frame, unwrapped (torus: take it modulo the frame size)."""
+    t = np.arange(scene.num_frames, dtype=np.float64)[:, None]
+    first = _velocity(cls.first, scene.speed)
+    if cls.second is None:
+        return np.array(scene.start) + first * t
+    turn = (scene.num_frames - 1) / 2
+    second = _velocity(cls.second, scene.speed)
+    return np.array(scene.start) + first * np.minimum(t, turn) + second * np.maximum(t - turn, 0.0)
+
+
+def render_hard(scene: HardScene, cls: HardClass, *, show_object: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (T, H, W, 3) uint8, mask (T, H, W) bool): the scene with the object moving as ``cls`` says, and
+    the pixels the object covers (pretrain task: every sprite, all of them move with the class).
+    ``show_object=False`` draws the same video without the object (a control: no class is left in the target
+    task's videos; the mask is still where the object would be)."""
+    height, width = scene.size
+    frames = np.empty((scene.num_frames, height, width, 3), dtype=np.uint8)
+    mask = np.zeros((scene.num_frames, height, width), dtype=bool)
+    path = object_path(scene, cls)
+    stamp = _stamp(scene.sprite.kind, scene.sprite.size)
+    t_axis = np.arange(scene.num_frames, dtype=np.float64)[:, None]
+    for t in range(scene.num_frames):
+        shift = [int(np.floor(scene.pan_start[i] + scene.pan_velocity[i] * t + 0.5)) for i in (0, 1)]
+        frames[t] = np.roll(scene.texture, shift, axis=(0, 1))
+        for d, sprite in enumerate(scene.distractors):
+            if cls.second is None:  # pretrain: a group motion, each sprite at its own speed
+                place = scene.distractor_paths[d, 0] + _velocity(cls.first, scene.distractor_speeds[d]) * t_axis[t]
+            else:  # target: they ride on the background (the pan's whole-pixel shift), wobbling about their place
+                place = scene.distractor_paths[d, t] + shift
+            _paste_torus(frames[t], _stamp(sprite.kind, sprite.size), np.array(sprite.colour, np.uint8), place)
+            if cls.second is None:
+                _paste_torus(mask[t], _stamp(sprite.kind, sprite.size), np.True_, place)
+        _paste_torus(mask[t], stamp, np.True_, path[t])
+        if show_object:
+            _paste_torus(frames[t], stamp, np.array(scene.sprite.colour, np.uint8), path[t])
+    return frames, mask
+
+
+def reverse_video(scene: HardScene, cls: HardClass) -> tuple[HardScene, HardClass]:
+    """The scene and class whose video is this one's played backwards: ``render_hard(*reverse_video(s, c))`` ==
+    ``render_hard(s, c)[..., ::-1 in time]``, pixel for pixel."""
+    last = scene.num_frames - 1
+    end = object_path(scene, cls)[-1]
+    pan_end = tuple(scene.pan_start[i] + scene.pan_velocity[i] * last for i in (0, 1))
+    return replace(scene, start=(float(end[0]), float(end[1])), pan_start=pan_end,
+                   pan_velocity=(-scene.pan_velocity[0], -scene.pan_velocity[1]),
+                   distractor_paths=scene.distractor_paths[:, ::-1].copy()), cls.reversed()
+
+
+def _q(value: float) -> float:
+    return round(value * GRID) / GRID
+
+
+def _velocity(direction: str, speed: float) -> np.ndarray:
+    dy, dx = UNITS[direction]
+    norm = math.hypot(dy, dx)
+    return np.array([_q(speed * dy / norm), _q(speed * dx / norm)])
+
+
+def _sprite(rng: np.random.Generator, extent: int, background_mean: np.ndarray) -> Sprite:
+    return Sprite(kind=("square", "disc")[int(rng.integers(2))],
+                  size=max(3, round(rng.uniform(*OBJECT_SIZE) * extent)),
+                  colour=_bright_colour(rng, background_mean))
+
+
+def _texture(rng: np.random.Generator, *, height: int, width: int) -> np.ndarray:
+    # Periodic by construction (so rolling it shows no seam): low-pass filtered white noise (FFT) plus stripes
+    # with whole numbers of periods across the frame. Darker than the sprites and of limited contrast, as the
+    # other styles' backgrounds; the pan moves every background token from frame to frame.
+    base = rng.uniform(20, 110, size=3)
+    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.fftfreq(width)[None, :]
+    cutoff = rng.uniform(0.04, 0.12)
+    low = np.exp(-(fy ** 2 + fx ** 2) / (2 * cutoff ** 2))
+    noise = np.stack([np.fft.ifft2(np.fft.fft2(rng.normal(size=(height, width))) * low).real for _ in range(3)], -1)
+    noise *= rng.uniform(12, 24) / max(noise.std(), 1e-6)
+    ky, kx = int(rng.integers(-6, 7)), int(rng.integers(1, 7))
+    yy, xx = np.mgrid[0:height, 0:width]
+    wave = np.sin(2 * math.pi * (ky * yy / height + kx * xx / width) + rng.uniform(0, 2 * math.pi))
+    tint = rng.normal(size=3)
+    stripes = rng.uniform(5, 18) * wave[..., None] * (tint / np.linalg.norm(tint))
+    return np.clip(base + noise + stripes, 0, 255).round().astype(np.uint8)
+
+
+def _paste_torus(canvas: np.ndarray, stamp: np.ndarray, value, top_left: np.ndarray) -> None:
+    # Wrapped onto the torus: drawn at its place and, where it crosses an edge, again one frame size away.
+    height, width = canvas.shape[:2]
+    top = int(np.floor(top_left[0] + 0.5)) % height
+    left = int(np.floor(top_left[1] + 0.5)) % width
+    for dy in (0, -height):
+        for dx in (0, -width):
+            _paste(canvas, stamp, value, top=top + dy, left=left + dx)
