@@ -131,16 +131,36 @@ def test_a_frame_does_not_depend_on_the_class():
     assert all(np.array_equal(e, empty[0]) for e in empty)
 
 
-def test_pretrain_task_moves_every_sprite_with_the_class(tmp_path):
+def test_pretrain_task_moves_every_sprite_with_the_class_and_turns_whatever_the_class(tmp_path):
+    """Pretrain classes are the first half's direction; every sprite moves with it (foreground too) and turns at
+    the middle by the video's own rotation, so the second half does not tell the class; reversal is exact."""
     summary = make_hard_style(tmp_path / "pre", task="pretrain", num_classes=8, train_per_class=1, val_per_class=0,
                               seed=2)
     classes = json.loads(Path(summary.classes_file).read_text())
-    assert "moving up-right" in classes and "moving left" in classes and not any("then" in c for c in classes)
+    assert "moving up-right first" in classes and "moving left first" in classes
     scene = sample_hard_scene(np.random.default_rng(0), height=SIZE, width=SIZE, num_frames=FRAMES, distractors=3)
     lone = sample_hard_scene(np.random.default_rng(0), height=SIZE, width=SIZE, num_frames=FRAMES, distractors=0)
     _, mask = render_hard(scene, HardClass("right"))
     _, lone_mask = render_hard(lone, HardClass("right"))
     assert mask.sum() > 2 * lone_mask.sum()  # the distractors move with the class: foreground too
+    # The object's path, measured from the mask of a lone object: the first half goes right, the second does not.
+    # The frame is a torus: circular means of the covered rows and columns, steps unwrapped.
+    angles = [np.exp(2j * np.pi * np.argwhere(m) / SIZE).mean(0) for m in lone_mask]
+    steps = np.angle(np.array(angles[1:]) / np.array(angles[:-1])) * SIZE / (2 * np.pi)  # (T - 1, 2) (dy, dx)
+    half = FRAMES // 2
+    first_step, second_step = steps[:half - 1].sum(0), steps[half:].sum(0)
+    assert first_step[1] > 4 and abs(first_step[0]) < 1
+    assert not (second_step[1] > 4 and abs(second_step[0]) < 1)
+    turns = {sample_hard_scene(np.random.default_rng(s), height=SIZE, width=SIZE, num_frames=FRAMES).turn
+             for s in range(40)}
+    assert turns == {1, 2, 3, 5, 6, 7}  # never straight on, never back; independent of the class by construction
+    names = {c.name for c in hard_classes("pretrain", num_classes=8)}
+    for cls in hard_classes("pretrain", num_classes=8):
+        frames, mask = render_hard(scene, cls)
+        back_scene, back = reverse_video(scene, cls)
+        back_frames, back_mask = render_hard(back_scene, back)
+        assert back.name in names
+        assert np.array_equal(back_frames, frames[::-1]) and np.array_equal(back_mask, mask[::-1])
 
 
 def test_same_seed_same_bytes_and_corrupt_files_keep_their_masks(pair, tmp_path):

@@ -57,8 +57,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv: list[str] | None = None) -> int:
     from video_st.bench.cli import main as run
+    from video_st.errors import run_tool
 
-    return run(sys.argv[1:] if argv is None else argv, description=__doc__)
+    return run_tool(lambda: run(sys.argv[1:] if argv is None else argv, description=__doc__))
 
 
 if __name__ == "__main__":

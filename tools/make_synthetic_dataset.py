@@ -5,12 +5,13 @@ The class of a video is only its motion (direction, and speed with more than 4 c
 --style hard is the K400 layout of a harder task with ground-truth object masks (annotations/SPLIT_masks.npz):
 a small object among look-alike distractors over a panning texture; --task target: 8 classes that only the
 order of two motions tells apart ("moving right then up" / "moving up then right" ...); --task pretrain: 8
-straight directions, the related task a stand-in backbone is pre-trained on (video_st/synthetic/hard.py).
+classes told by the direction of the first half (every sprite turns at the middle, whatever the class), the
+related task a stand-in backbone is pre-trained on (video_st/synthetic/hard.py).
 
     python tools/make_synthetic_dataset.py --style k400 --out data/synth_k400          # 4 classes x (16 + 4) videos
     python tools/make_synthetic_dataset.py --style ssv2 --out data/synth_ssv2 --classes 8 --corrupt zero:1,garbage:1
-    python tools/make_synthetic_dataset.py --style hard --out data/hard               # 8 x (32 + 8), 16 frames 64 x 64
-    python tools/make_synthetic_dataset.py --style hard --task pretrain --out data/hard_pretrain --train-per-class 128
+    python tools/make_synthetic_dataset.py --style hard --out data/hard               # 8 x (128 + 16), 16 frames 64 x 64
+    python tools/make_synthetic_dataset.py --style hard --task pretrain --out data/hard_pretrain --seed 1
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--style", required=True, choices=sorted(MAKERS))
     parser.add_argument("--out", required=True, help="output folder (must be empty or absent unless --overwrite)")
-    # Defaults None: the style's own (k400/ssv2: 4 classes x (16 + 4), 32 frames of 66 x 88; hard: 8 x (32 + 8),
+    # Defaults None: the style's own (k400/ssv2: 4 classes x (16 + 4), 32 frames of 66 x 88; hard: 8 x (128 + 16),
     # 16 frames of 64 x 64).
     parser.add_argument("--classes", dest="num_classes", type=_positive, metavar="N", help=f"number of classes, 2..{MAX_CLASSES}")
     parser.add_argument("--train-per-class", type=_positive)

@@ -37,7 +37,7 @@ def run_tool(main: Callable[[], int], *, verbose: bool = False) -> int:
         return main()
     except VideoSTError as err:
         if is_rank_zero():
-            print(f"error: {err}", file=sys.stderr)
+            sys.stderr.write(f"error: {err}\n")
             if verbose:
                 traceback.print_exc()
         return 2

@@ -66,11 +66,16 @@ def tables_main(parser: argparse.ArgumentParser, argv: list[str], *, model: bool
 
 
 def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    parser.add_argument("--config", default="configs/tiny_cpu.yaml", help="training and test config of every method")
-    parser.add_argument("--backbone", default="outputs/demo/backbone.pt", help="model.pretrained (make demo writes it)")
-    parser.add_argument("--data", default="outputs/demo/k400", help="K400-style root with annotations/{train,val}.csv")
+    parser.add_argument("--suite", choices=["hard"],
+                        help="hard: make the hard generated sets, pretrain the backbone, train every method per "
+                             "--seeds, the --keep-rates sweep, foreground scores, clips/s, plots "
+                             "(video_st/bench/hard_suite.py); --config, --backbone and --data are its own")
+    parser.add_argument("--config", help="training and test config of every method (default: configs/tiny_cpu.yaml)")
+    parser.add_argument("--backbone", help="model.pretrained (default: outputs/demo/backbone.pt; make demo writes it)")
+    parser.add_argument("--data", help="K400-style root with annotations/{train,val}.csv (default: outputs/demo/k400)")
     parser.add_argument("--methods", help="comma-separated subset (default: all of list_methods())")
-    parser.add_argument("--output-dir", default="outputs/methods", help="one run folder per method under it")
+    parser.add_argument("--output-dir", help="one run folder per method under it (default: outputs/methods; "
+                                             "--suite hard: outputs/hard)")
     parser.add_argument("--epochs", type=int, help="optim.epochs (default: the config's)")
     parser.add_argument("--lr-for", action="append", default=[], metavar="METHOD=LR[,METHOD=LR]",
                         help="optim.lr for some methods (default: the config's for all)")
@@ -84,8 +89,19 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, help="seconds per training or test run")
     parser.add_argument("--skip-done", action="store_true",
                         help="reuse a method's finished run (its test summary and recorded settings match)")
-    parser.add_argument("--plot", default="docs/methods_accuracy_vs_gflops.png", help="PNG of test top-1 vs GFLOPs")
+    parser.add_argument("--plot", help="PNG of test top-1 vs GFLOPs (default: docs/methods_accuracy_vs_gflops.png; "
+                                       "--suite hard: docs/hard_*.png, see --plot-dir)")
     parser.add_argument("--out", help="JSON of the rows (default: OUTPUT_DIR/methods.json; the table beside it, .md)")
+    hard = parser.add_argument_group("--suite hard")
+    hard.add_argument("--seeds", default="0", help="comma-separated training seeds (3 for the spread: 0,1,2)")
+    hard.add_argument("--keep-rates", default="",
+                      help="comma-separated other keep rates for Sparse-Tuning, EViT and ToMe, e.g. 0.3,0.5,0.9,1.0")
+    hard.add_argument("--classes", type=int, default=8, help="classes of both generated sets (2..8)")
+    hard.add_argument("--train-per-class", type=int, default=128)
+    hard.add_argument("--val-per-class", type=int, default=16, help="the test split")
+    hard.add_argument("--pretrain-epochs", type=int, help="stage 1 (default: configs/hard/pretrain.yaml's)")
+    hard.add_argument("--speed-rounds", type=int, default=5, help="timed rounds of the clips/s column (0: none)")
+    hard.add_argument("--plot-dir", default="docs", help="where the two plots go")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     methods = _methods(parser, args.methods)
@@ -99,17 +115,58 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     unknown = sorted(set(lr_for) - set(list_methods()))
     if unknown:
         parser.error(f"--lr-for: unknown methods {unknown}")
+    if args.suite:
+        return _hard_suite(parser, args, methods, lr_for)
+    args.config = args.config or "configs/tiny_cpu.yaml"
+    args.backbone = args.backbone or "outputs/demo/backbone.pt"
+    args.data = args.data or "outputs/demo/k400"
     for path in (args.backbone, os.path.join(os.path.abspath(args.data), "annotations", "train.csv")):
         if not os.path.exists(path):
             parser.error(f"{path} does not exist: run `make demo` first (or pass --backbone / --data)")
     from video_st.bench import sweeps
 
     sweep = sweeps.Sweep(
-        methods=methods, config=args.config, backbone=args.backbone, data=args.data, output_dir=args.output_dir,
-        epochs=args.epochs, lr_for=lr_for, overrides=args.set, test_checkpoint=args.test_checkpoint,
-        flop_clips=args.flop_clips, seed=args.seed, timeout=args.timeout, skip_done=args.skip_done, plot=args.plot,
-        out=args.out)
+        methods=methods, config=args.config, backbone=args.backbone, data=args.data,
+        output_dir=args.output_dir or "outputs/methods", epochs=args.epochs, lr_for=lr_for, overrides=args.set,
+        test_checkpoint=args.test_checkpoint, flop_clips=args.flop_clips, seed=args.seed, timeout=args.timeout,
+        skip_done=args.skip_done, plot=args.plot or "docs/methods_accuracy_vs_gflops.png", out=args.out)
     return sweeps.train_methods(sweep, args=vars(args))
+
+
+def _numbers(parser: argparse.ArgumentParser, flag: str, text: str, kind: type) -> list:
+    try:
+        return [kind(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        parser.error(f"{flag} {text!r}: expected comma-separated numbers")
+        raise  # unreachable: parser.error exits
+
+
+def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, methods: list[str],
+                lr_for: dict[str, float]) -> int:
+    given = [flag for flag, value in (("--config", args.config), ("--backbone", args.backbone),
+                                      ("--data", args.data), ("--plot", args.plot), ("--out", args.out)) if value]
+    if given:
+        parser.error(f"--suite hard makes its own data, backbone and outputs: drop {', '.join(given)}")
+    seeds = _numbers(parser, "--seeds", args.seeds, int)
+    keep_rates = _numbers(parser, "--keep-rates", args.keep_rates, float)
+    if not seeds:
+        parser.error("--seeds: give at least one seed")
+    bad = [r for r in keep_rates if not 0 < r <= 1]
+    if bad:
+        parser.error(f"--keep-rates: {bad} outside (0, 1]")
+    if not 2 <= args.classes <= 8:
+        parser.error(f"--classes {args.classes}: the hard style has 2..8 classes")
+    for flag, value in (("--train-per-class", args.train_per_class), ("--val-per-class", args.val_per_class)):
+        if value < 1:
+            parser.error(f"{flag} {value}: must be >= 1")
+    from video_st.bench import hard_suite
+
+    suite = hard_suite.HardSuite(
+        output_dir=args.output_dir or "outputs/hard", methods=methods, seeds=seeds, keep_rates=keep_rates,
+        num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+        pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr_for=lr_for, overrides=args.set,
+        speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir)
+    return hard_suite.run_suite(suite, args=vars(args))
 
 
 def data_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:

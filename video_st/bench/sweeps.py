@@ -4,8 +4,10 @@ Each method runs the project's own tools in a subprocess from the repository roo
 --config and model.method=M, then tools/test_net.py on its final model, or its best with test_checkpoint="best"),
 one run folder per method with the tools' output in train.log / test.log. The results are read from what those
 runs write (test/summary.json, log.jsonl, classes.json); the GFLOPs are counted on the trained model as the test
-loads it (input-dependent models: the mean over real test clips). Then a JSON of rows, a markdown table beside it
-and a plot of test top-1 vs GFLOPs (``plots``).
+loads it (input-dependent models: the mean over real test clips). Where the data has ground-truth object masks
+(the hard generated style), each reducing method's kept tokens are scored against them per stage
+(``foreground``). Then a JSON of rows, a markdown table beside it and a plot of test top-1 vs GFLOPs (``plots``).
+The hard suite (``hard_suite``) runs sweeps of this module over seeds and keep rates.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import Any
 
 from ..config import load_config
 from ..engine import multiview as tester  # the test tool's loading: the one name to change if the module moves
-from ..engine.build import eval_dataset, read_split
+from ..engine.build import eval_dataset, read_split, split_file
 from ..fileio import write_atomic
 from ..models.flops import count_params
+from ..synthetic.masks import masks_beside
+from .foreground import foreground_scores
 from .measure import gflops_of, inference_model, is_input_dependent, machine_info, seeded_clip
 from .plots import plot_accuracy_vs_gflops
 from .tables import add_ratios, markdown_table, notes
@@ -33,7 +37,8 @@ from .tables import add_ratios, markdown_table, notes
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # where tools/ lies
 
 COLUMNS = ["method", "lr", "epochs", "trainable_m", "gflops", "gflops/full", "test_top1_pct", "test_top5_pct",
-           "mean_class_acc_pct", "best_val_top1_pct", "train_s", "notes"]
+           "mean_class_acc_pct", "best_val_top1_pct", "fg1_recall", "fg1_random_recall", "fg1_precision",
+           "fg1_random_precision", "train_s", "notes"]
 # test/summary.json (engine.multiview.run_test) key -> row key; its other keys below are bookkeeping, and what is
 # neither (the token statistics of dynamic models) goes to the row's test_extra
 FROM_SUMMARY = {"top1": "test_top1", "top5": "test_top5", "mean_class_accuracy": "mean_class_acc", "videos": "test_videos",
@@ -60,11 +65,11 @@ class Sweep:
     skip_done: bool = False  # reuse a method's finished run (test summary there, recorded settings equal)
     plot: str | None = None  # PNG of test top-1 vs GFLOPs
     out: str | None = None  # JSON of the rows (None: OUTPUT_DIR/methods.json); the table beside it, .md
+    foreground: bool = True  # score kept tokens against the test split's masks file, where there is one
 
 
-def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
-    """Train and test every method of ``sweep``, print one line per method and the table, write the JSON (with
-    ``args``, the command line), the markdown and the plot; 1 if a method failed."""
+def run_methods(sweep: Sweep) -> list[dict[str, Any]]:
+    """Train and test every method of ``sweep`` (one line each as it finishes); the rows, with ratios to full."""
     base = load_config(sweep.config, list(sweep.overrides))
     data = os.path.abspath(sweep.data)
     common = [f"model.pretrained={os.path.abspath(sweep.backbone)}", f"data.root={data}",
@@ -81,8 +86,16 @@ def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
         print(f"[{method}] " + (f"error: {row['error']}" if row.get("error") else
                                 f"test top-1 {row.get('test_top1_pct', float('nan')):.1f}%, {row.get('gflops', 0):.4f} GFLOPs"),
               flush=True)
-
     add_ratios(rows, reference="full", keys=["gflops", "trainable_m"], suffix="full")
+    return rows
+
+
+def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
+    """Train and test every method of ``sweep``, print one line per method and the table, write the JSON (with
+    ``args``, the command line), the markdown and the plot; 1 if a method failed."""
+    rows = run_methods(sweep)
+    base = load_config(sweep.config, list(sweep.overrides))
+    epochs = sweep.epochs or int(base.optim.epochs)
     geometry = f"{base.model.arch}, {base.data.num_frames} x {base.data.size}"
     views = f"{base.test.temporal_views} x {base.test.spatial_views} views"
     table = markdown_table(rows, [c for c in COLUMNS if c in ("method", "notes") or any(c in r for r in rows)])
@@ -139,9 +152,10 @@ def method_row(sweep: Sweep, method: str, *, lr: float, epochs: int, common: Seq
         row["num_classes"] = len(classes) if isinstance(classes, list) else None
         try:
             cfg = load_config(sweep.config, overrides)
-            row.update(trained_model_gflops(cfg, checkpoint, sweep.flop_clips, sweep.seed))
+            row.update(trained_model_measures(cfg, checkpoint, sweep.flop_clips, sweep.seed,
+                                              foreground=sweep.foreground))
         except Exception as err:  # a row without GFLOPs is still worth its accuracy
-            row["error"] = f"GFLOPs: {type(err).__name__}: {err}"
+            row["error"] = f"GFLOPs or foreground: {type(err).__name__}: {err}"
         write_atomic(os.path.join(folder, "benchmark_row.json"), json.dumps(row, indent=1, default=str))
     for key in ("test_top1", "test_top5", "mean_class_acc", "best_val_top1"):
         if isinstance(row.get(key), (int, float)) and not math.isnan(row[key]):
@@ -184,12 +198,16 @@ def run_log_summary(output_dir: str) -> dict[str, Any]:
     return out
 
 
-def trained_model_gflops(cfg: Any, checkpoint: str | None, flop_clips: int, seed: int) -> dict[str, Any]:
+def trained_model_measures(cfg: Any, checkpoint: str | None, flop_clips: int, seed: int, *,
+                           foreground: bool = True) -> dict[str, Any]:
     """Load the trained model as tools/test_net.py does and count its inference GFLOPs (LoRA merged) at the
     config's test geometry: on one seeded random clip, or for an input-dependent model the mean over the first
-    ``flop_clips`` readable test clips (the central crop of one view), where count_flops takes real inputs."""
+    ``flop_clips`` readable test clips (the central crop of one view), where count_flops takes real inputs.
+    With ``foreground`` and a masks file beside the test split's annotations, a reducing model's kept tokens
+    are scored against it on the test protocol's views (``foreground_fields``)."""
     loaded, _ = tester.load_for_test(cfg, tester.checkpoint_path(cfg, checkpoint))
     model = loaded.model
+    scores = foreground_fields(model, cfg) if foreground else {}
     params = count_params(model)
     dynamic = is_input_dependent(model)
     keep_rates = list(getattr(model, "keep_rates", ()))
@@ -214,6 +232,22 @@ def trained_model_gflops(cfg: Any, checkpoint: str | None, flop_clips: int, seed
                    gflops_clips=len(values))
     else:
         out["gflops"] = gflops_of(model, seeded_clip(shape, seed=seed))
+    return {**out, **scores}
+
+
+def foreground_fields(model: Any, cfg: Any) -> dict[str, Any]:
+    """``foreground``: per reduction stage, recall and precision of the kept tokens against the test split's
+    ground-truth masks and those of a random choice at the same keep counts (bench/foreground.py), over the
+    test protocol's views; nothing when there is no masks file or the model keeps every token."""
+    masks = masks_beside(split_file(cfg, "test"))
+    if not os.path.isfile(masks) or not model.stage_names():
+        return {}
+    result = foreground_scores(model, cfg, split="test", masks_file=masks,
+                               temporal_views=int(cfg.test.temporal_views), spatial_views=int(cfg.test.spatial_views))
+    out: dict[str, Any] = {"foreground": [s.to_json() for s in result.stages], "foreground_clips": result.clips}
+    for i, stage in enumerate(result.stages, start=1):  # flat, for the tables: fg1_recall ... of the first stage
+        out.update({f"fg{i}_recall": stage.recall, f"fg{i}_random_recall": stage.random_recall,
+                    f"fg{i}_precision": stage.precision, f"fg{i}_random_precision": stage.random_precision})
     return out
 
 

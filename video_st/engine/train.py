@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import random
-import signal
 import time
 from typing import Any
 
@@ -40,24 +39,9 @@ from .loading import check_weights_only, read_folder_spec
 from .evaluate import accuracy, gather, mean_loss, predict
 from .logs import Progress, RunLog, memory_mb
 from .optim import CosineSchedule, make_adamw, param_groups, set_lr
-from .requeue import EXIT_REQUEUE, REQUEUE_MARKER
+from .requeue import EXIT_REQUEUE, REQUEUE_MARKER, StopFlag
 
 _log = logging.getLogger(__name__)
-
-
-class StopFlag:
-    """SIGUSR1 (Slurm's warning before the time limit) or SIGTERM (preemption) ask for a stop at the next step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous = {s: signal.signal(s, self._set) for s in (signal.SIGUSR1, signal.SIGTERM)}
-
-    def _set(self, signum: int, _frame: Any) -> None:
-        self.signal = signum
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 def seed_everything(seed: int, rank: int) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from .convert import Converted, adapt_to_model, to_video_st
+from .convert import Converted, to_video_st
+from .refit import adapt_to_model
 from .methods import SlotContext, get_method, mark_trainable, option_names
 from .spec import ModelSpec, save_model_file
 from .vit import VideoViT

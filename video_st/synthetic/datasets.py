@@ -130,10 +130,11 @@ def make_dataset(
     - ``"hard"``: the K400 layout plus ``annotations/{train,val}_masks.npz`` (:mod:`.masks`); a small object among
       ``distractors`` look-alikes (default: 3 for the target task, 5 for pretrain) over a panning texture
       (:mod:`.hard`). ``task="target"``: "moving right then up", "moving up then right", ... (8: perpendicular
-      directions in both orders, told apart only by their order); ``task="pretrain"``: "moving left", ...
-      "moving up-right" (8 straight directions, every sprite moving with the class). ``show_object=False`` writes
+      directions in both orders, told apart only by their order); ``task="pretrain"``: "moving left first", ...
+      "moving up-right first" (8: the direction of the first half; every sprite moves with it, then turns by the
+      video's own rotation). ``show_object=False`` writes
       the same videos without the object (a control with no class left in it; the masks stay).
-      ``make_hard_style`` has its defaults: 8 classes x (32 + 8) videos of 16 frames of 64 x 64.
+      ``make_hard_style`` has its defaults: 8 classes x (128 + 16) videos of 16 frames of 64 x 64.
 
     ``corrupt`` maps kind -> count ("zero", "truncated", "garbage"), planted among train and val videos.
     Refuses a non-empty ``root`` unless ``overwrite`` (which replaces only the files this module writes).
@@ -155,7 +156,7 @@ def make_dataset(
 # The styles by name (what the tools and tests call).
 make_k400_style = functools.partial(make_dataset, style="k400")
 make_ssv2_style = functools.partial(make_dataset, style="ssv2")
-make_hard_style = functools.partial(make_dataset, style="hard", num_classes=8, train_per_class=32, val_per_class=8,
+make_hard_style = functools.partial(make_dataset, style="hard", num_classes=8, train_per_class=128, val_per_class=16,
                                     num_frames=16, height=64, width=64)
 
 

@@ -11,11 +11,15 @@ on screen and its position at any frame is uniform whatever the class.
   closed under time reversal ("right then up" played backwards is "down then left": :func:`reverse_video`).
   The distractors ride on the panning background, wobbling by up to ``JITTER`` per frame: only its own motion
   tells the object from its look-alikes, and a single frame cannot.
-- ``task="pretrain"``: the object and every distractor move straight in one of 8 directions (4 axes, 4
-  diagonals), each at its own speed (a group motion: more moving pixels, so a ViT trained from scratch on it
-  learns in a few hundred steps, where a lone small object among static look-alikes took thousands): the
-  related task of a stand-in pre-trained backbone. Its features of a turn are those of the net (diagonal)
-  displacement, which both orders share: a backbone pre-trained on it must adapt to tell them apart.
+- ``task="pretrain"``: the related task of a stand-in pre-trained backbone. The class is the direction of the
+  first half (8: 4 axes, 4 diagonals); at the middle every sprite turns by a rotation drawn per video (45, 90,
+  135 degrees either way: never straight on, never back), whatever the class. The object and every distractor
+  move together (a group motion, each sprite at its own speed: more moving pixels, so a ViT trained from scratch
+  on it learns in a few hundred steps). The label depends on when each motion happens, so the backbone learns
+  features of temporal order; it is told only the first motion, so its features say little of the second: a
+  backbone pre-trained on it must adapt to tell "right then up" from "right then down". (A pretrain task of
+  straight motions left the order of the target task unlearnable by the adapter methods: their features of a turn
+  were those of the net displacement, which both orders share.)
 
 What is drawn independently of the class (:func:`sample_hard_scene` takes no class): the object's shape
 (square or disc), size, colour (random hue, brighter than the background), start and speed; the distractors
@@ -51,6 +55,9 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
 TARGET_TURNS = (("right", "up"), ("up", "right"), ("left", "down"), ("down", "left"),
                 ("right", "down"), ("down", "right"), ("left", "up"), ("up", "left"))
 PRETRAIN_DIRECTIONS = ("left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right")
+# Counter-clockwise on screen, one step = 45 degrees; the pretrain turns (in steps) skip 0 (straight) and 4 (back).
+COMPASS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
+PRETRAIN_TURNS = (1, 2, 3, 5, 6, 7)
 MAX_HARD_CLASSES = 8
 
 # Sizes and speeds as fractions of min(H, W) (64 px frames: object 9-13 px, 1.4-2.2 px per frame, distractor
@@ -65,19 +72,21 @@ GRID = 16  # positions and velocities are multiples of 1 / GRID pixel (exact ari
 
 @dataclass(frozen=True)
 class HardClass:
-    """A class of the hard task: ``first`` then ``second`` (target), or ``first`` alone (pretrain: straight)."""
+    """A class of the hard task: ``first`` then ``second`` (target), or ``first`` alone (pretrain: the direction
+    of the first half)."""
 
     first: str
-    second: str | None = None
+    second: str | None = None  # None: a pretrain class (the second motion is the video's: HardScene.turn)
 
     @property
     def name(self) -> str:
-        return f"moving {self.first}" + (f" then {self.second}" if self.second else "")
+        return f"moving {self.first} " + (f"then {self.second}" if self.second else "first")
 
     def reversed(self) -> HardClass:
-        """The class of this class's videos played backwards."""
+        """The class of this target class's videos played backwards (a pretrain video's reversal depends on its
+        scene's turn: :func:`reverse_video`)."""
         if self.second is None:
-            return HardClass(OPPOSITE[self.first])
+            raise ValueError("a pretrain class's reversal depends on the video's turn: use reverse_video")
         return HardClass(OPPOSITE[self.second], OPPOSITE[self.first])
 
 
@@ -102,6 +111,7 @@ class HardScene:
     distractor_paths: np.ndarray  # (D, T, 2) float64 top-left per frame (unwrapped), multiples of 1/GRID
     distractor_speeds: tuple[float, ...]  # pixels per frame when they move with the class (pretrain task)
     num_frames: int
+    turn: int = 2  # pretrain task: the rotation at the middle, in eighths of a turn (counter-clockwise on screen)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -141,21 +151,36 @@ def sample_hard_scene(rng: np.random.Generator, *, height: int, width: int, num_
         steps = np.round(rng.uniform(-JITTER, JITTER, size=(num_frames - 1, 2)) * extent * GRID) / GRID
         paths.append(np.concatenate([origin[None], origin + np.cumsum(steps, axis=0)]))
         speeds.append(_q(rng.uniform(*OBJECT_SPEED) * extent))
+    turn = int(PRETRAIN_TURNS[rng.integers(len(PRETRAIN_TURNS))])
     return HardScene(texture=texture, pan_start=pan_start, pan_velocity=pan_velocity, sprite=sprite, start=start,
                      speed=speed, distractors=tuple(looks),
                      distractor_paths=np.array(paths, dtype=np.float64).reshape(distractors, num_frames, 2),
-                     distractor_speeds=tuple(speeds), num_frames=num_frames)
+                     distractor_speeds=tuple(speeds), num_frames=num_frames, turn=turn)
+
+
+def motions(scene: HardScene, cls: HardClass) -> tuple[str, str]:
+    """The directions of the two halves of a video of ``cls``: the target class's pair, or the pretrain class's
+    direction followed by that direction turned by the scene's ``turn``."""
+    if cls.second is not None:
+        return cls.first, cls.second
+    return cls.first, rotate(cls.first, scene.turn)
+
+
+def rotate(direction: str, eighths: int) -> str:
+    """``direction`` turned counter-clockwise on screen (y grows downwards) by ``eighths`` x 45 degrees."""
+    return COMPASS[(COMPASS.index(direction) + eighths) % len(COMPASS)]
 
 
 def object_path(scene: HardScene, cls: HardClass) -> np.ndarray:
     """(T, 2) top-left of the object per frame, unwrapped (torus: take it modulo the frame size)."""
-    t = np.arange(scene.num_frames, dtype=np.float64)[:, None]
-    first = _velocity(cls.first, scene.speed)
-    if cls.second is None:
-        return np.array(scene.start) + first * t
-    turn = (scene.num_frames - 1) / 2
-    second = _velocity(cls.second, scene.speed)
-    return np.array(scene.start) + first * np.minimum(t, turn) + second * np.maximum(t - turn, 0.0)
+    return _two_motions(np.array(scene.start), scene.speed, motions(scene, cls), scene.num_frames)
+
+
+def _two_motions(start: np.ndarray, speed: float, directions: tuple[str, str], num_frames: int) -> np.ndarray:
+    t = np.arange(num_frames, dtype=np.float64)[:, None]
+    turn = (num_frames - 1) / 2
+    first, second = (_velocity(d, speed) for d in directions)
+    return start + first * np.minimum(t, turn) + second * np.maximum(t - turn, 0.0)
 
 
 def render_hard(scene: HardScene, cls: HardClass, *, show_object: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -168,17 +193,17 @@ def render_hard(scene: HardScene, cls: HardClass, *, show_object: bool = True) -
     mask = np.zeros((scene.num_frames, height, width), dtype=bool)
     path = object_path(scene, cls)
     stamp = _stamp(scene.sprite.kind, scene.sprite.size)
-    t_axis = np.arange(scene.num_frames, dtype=np.float64)[:, None]
+    group = cls.second is None  # pretrain: every sprite moves as the object does, each at its own speed
+    paths = [_two_motions(scene.distractor_paths[d, 0], scene.distractor_speeds[d], motions(scene, cls),
+                          scene.num_frames) if group else None for d in range(len(scene.distractors))]
     for t in range(scene.num_frames):
         shift = [int(np.floor(scene.pan_start[i] + scene.pan_velocity[i] * t + 0.5)) for i in (0, 1)]
         frames[t] = np.roll(scene.texture, shift, axis=(0, 1))
         for d, sprite in enumerate(scene.distractors):
-            if cls.second is None:  # pretrain: a group motion, each sprite at its own speed
-                place = scene.distractor_paths[d, 0] + _velocity(cls.first, scene.distractor_speeds[d]) * t_axis[t]
-            else:  # target: they ride on the background (the pan's whole-pixel shift), wobbling about their place
-                place = scene.distractor_paths[d, t] + shift
+            # target: they ride on the background (the pan's whole-pixel shift), wobbling about their place
+            place = paths[d][t] if group else scene.distractor_paths[d, t] + shift
             _paste_torus(frames[t], _stamp(sprite.kind, sprite.size), np.array(sprite.colour, np.uint8), place)
-            if cls.second is None:
+            if group:
                 _paste_torus(mask[t], _stamp(sprite.kind, sprite.size), np.True_, place)
         _paste_torus(mask[t], stamp, np.True_, path[t])
         if show_object:
@@ -192,9 +217,20 @@ def reverse_video(scene: HardScene, cls: HardClass) -> tuple[HardScene, HardClas
     last = scene.num_frames - 1
     end = object_path(scene, cls)[-1]
     pan_end = tuple(scene.pan_start[i] + scene.pan_velocity[i] * last for i in (0, 1))
+    if cls.second is not None:
+        return replace(scene, start=(float(end[0]), float(end[1])), pan_start=pan_end,
+                       pan_velocity=(-scene.pan_velocity[0], -scene.pan_velocity[1]),
+                       distractor_paths=scene.distractor_paths[:, ::-1].copy()), cls.reversed()
+    # pretrain: "first d1 then d2" backwards is "first opposite(d2) then opposite(d1)", the turn undone; the
+    # distractors' paths (group motion) start where they ended
+    first, second = motions(scene, cls)
+    ends = [_two_motions(scene.distractor_paths[d, 0], scene.distractor_speeds[d], (first, second),
+                         scene.num_frames)[-1] for d in range(len(scene.distractors))]
+    paths = scene.distractor_paths.copy()
+    paths[:, 0] = np.array(ends).reshape(-1, 2)
     return replace(scene, start=(float(end[0]), float(end[1])), pan_start=pan_end,
-                   pan_velocity=(-scene.pan_velocity[0], -scene.pan_velocity[1]),
-                   distractor_paths=scene.distractor_paths[:, ::-1].copy()), cls.reversed()
+                   pan_velocity=(-scene.pan_velocity[0], -scene.pan_velocity[1]), distractor_paths=paths,
+                   turn=-scene.turn % len(COMPASS)), HardClass(OPPOSITE[second])
 
 
 def _q(value: float) -> float:

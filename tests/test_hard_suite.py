@@ -1,0 +1,93 @@
+"""tools/benchmark.py train-methods --suite hard (video_st/bench/hard_suite.py): the suite's smallest setting end to
+end (generated sets, stage-1 pretraining, stage 2 for a few methods, a keep-rate point, foreground scores, clips/s,
+plots, a rerun that reuses every finished step), and its arithmetic on hand-built rows."""
+
+import json
+import os
+
+import pytest
+
+from video_st.bench import hard_suite
+from video_st.bench.cli import main as benchmark
+
+
+def test_aggregate_means_seeds_with_their_spread_and_ratios_to_full():
+    per_seed = {0: [{"method": "full", "test_top1_pct": 90.0, "gflops": 1.0, "trainable_m": 2.0},
+                    {"method": "evit", "test_top1_pct": 50.0, "gflops": 0.5, "fg1_recall": 0.8, "keep_rates": [0.7]}],
+                1: [{"method": "full", "test_top1_pct": 80.0, "gflops": 1.0, "trainable_m": 2.0},
+                    {"method": "evit", "error": "training exited 1"}]}
+    rows = {r["method"]: r for r in hard_suite.aggregate(per_seed, {"full": 100.0, "evit": 150.0})}
+    assert rows["full"]["test_top1_pct"] == 85.0 and rows["full"]["test_top1_pct_std"] == pytest.approx(7.0711, 1e-4)
+    assert rows["full"]["seeds"] == 2 and rows["evit"]["seeds"] == 1  # a failed seed is left out, not a zero
+    assert "test_top1_pct_std" not in rows["evit"] and rows["evit"]["fg1_recall"] == 0.8
+    assert rows["evit"]["gflops/full"] == 0.5 and rows["evit"]["cpu_clips_s/full"] == 1.5
+
+
+def test_keep_curves_and_equal_gflops_interpolation():
+    first = [{"method": "sparse_tuning", "keep_rates": [0.7, 0.7], "gflops": 0.7, "test_top1_pct": 80.0},
+             {"method": "evit", "keep_rates": [0.7, 0.7], "gflops": 0.6, "test_top1_pct": 60.0},
+             {"method": "linear", "keep_rates": [], "gflops": 1.0, "test_top1_pct": 40.0}]
+    sweep = [{"method": "evit", "keep_rate": 1.0, "gflops": 1.0, "test_top1_pct": 70.0},
+             {"method": "evit", "keep_rate": 0.3, "gflops": 0.3, "test_top1_pct": 30.0}]
+    curves = hard_suite.keep_curves(first, sweep)
+    assert set(curves) == {"sparse_tuning", "evit"}
+    assert [p[0] for p in curves["evit"]] == [0.3, 0.7, 1.0]
+    assert hard_suite.at_gflops(curves["evit"], 0.7) == pytest.approx(62.5)  # between 0.6 -> 60 and 1.0 -> 70
+    assert hard_suite.at_gflops(curves["evit"], 1.5) is None
+
+
+def test_targets_are_judged_from_the_rows():
+    rows = [{"method": "full", "test_top1_pct": 95.0, "gflops": 1.0},
+            {"method": "linear", "test_top1_pct": 50.0, "gflops": 1.0},
+            {"method": "dense_adapter", "test_top1_pct": 80.0, "gflops": 1.1},
+            {"method": "sparse_tuning", "test_top1_pct": 79.5, "gflops": 0.7, "keep_rates": [0.7, 0.7],
+             "fg1_recall": 0.85, "fg1_random_recall": 0.7}]
+    verdicts = {v["target"].split(" ")[0] + str(i): v for i, v in enumerate(hard_suite.check_targets(rows, {}))}
+    met = [v["met"] for v in verdicts.values()]
+    assert met == [True, True, True, False]  # linear gap 30, best-worst 45, ST -0.5 at 0.64, recall 0.85 < 0.9
+    assert "0.64 of the GFLOPs" in verdicts["Sparse-Tuning2"]["detail"]
+
+
+def _png(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
+    out = tmp_path / "hard"
+    argv = ["train-methods", "--suite", "hard", "--classes", "4", "--train-per-class", "2", "--val-per-class", "2",
+            "--pretrain-epochs", "1", "--epochs", "1", "--methods", "linear,sparse_tuning", "--keep-rates", "0.5",
+            "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1",
+            "--set", "data.batch_size=4", "--set", "data.num_workers=0"]
+    assert benchmark(argv, description="") == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "suite.json").read_text())
+    rows = {r["method"]: r for r in saved["rows"]}
+    assert set(rows) == {"linear", "sparse_tuning"} and saved["failed"] == []
+    st = rows["sparse_tuning"]
+    assert [s["stage"] for s in st["foreground"]] == ["layer 2", "layer 3"]  # the tiny model reduces at 2 and 3
+    first = st["foreground"][0]
+    assert 0 <= first["recall"] <= 1 and first["random_recall"] == pytest.approx(first["keep_share"])
+    assert first["kept"] > 0 and first["foreground"] > 0 and first["clips"] == 8  # 4 classes x 2 test videos
+    assert rows["linear"]["foreground"] is None and rows["linear"]["cpu_clips_s"] > 0
+    curve = saved["curves"]["sparse_tuning"]
+    assert [p[0] for p in curve] == [0.5, 0.7] and curve[0][1] < curve[1][1]  # fewer tokens, fewer GFLOPs
+    assert _png(saved["plots"]["accuracy"]) and _png(saved["plots"]["foreground"])
+    assert "| sparse_tuning | layer 2 |" in printed and "Targets:" in printed
+    assert (out / "suite.md").read_text().startswith("Hard suite")
+
+    # A rerun with the same settings trains nothing again (a killed suite resumes where it stopped).
+    logs = sorted(out.rglob("train.log")) + [out / "pretrain" / "suite_train.log"]
+    before = {p: os.path.getmtime(p) for p in logs}
+    assert benchmark(argv, description="") == 0
+    assert {p: os.path.getmtime(p) for p in logs} == before
+    assert "training" not in capsys.readouterr().out
+
+
+def test_suite_refuses_what_it_makes_itself(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark(["train-methods", "--suite", "hard", "--backbone", "x.pt"], description="")
+    assert exit_info.value.code == 2 and "drop --backbone" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark(["train-methods", "--suite", "hard", "--keep-rates", "0.5,1.5"], description="")
+    assert "outside (0, 1]" in capsys.readouterr().err

@@ -1,0 +1,365 @@
+"""tools/benchmark.py train-methods --suite hard: every method on the hard generated task, accuracy against cost,
+and where each reducing method's tokens go.
+
+The steps, each reused on a rerun when its recorded settings are unchanged (a killed suite resumes where it was):
+
+1. data: the hard style's pretrain set (seed 1) and target set (seed 2), ``OUTPUT/{pretrain,target}_data``;
+2. stage 1: the 4-layer test model trained from scratch on the pretrain task (configs/hard/pretrain.yaml), then
+   converted to a head-less backbone (tools/convert_checkpoint.py): ``OUTPUT/backbone.pt``;
+3. stage 2: every method adapts that backbone to the target task with one budget (configs/hard/target.yaml),
+   once per seed (``sweeps.run_methods``: the project's own train and test tools, multi-view test, GFLOPs of the
+   trained model, per-stage foreground recall and precision of the kept tokens against the masks);
+4. the keep-rate sweep: the keep-rate methods (Sparse-Tuning, EViT, ToMe) at other keep rates, first seed;
+5. CPU clips/s of every trained model (first seed), interleaved on real test clips in one process.
+
+Then ``OUTPUT/suite.json`` (every row, the aggregate, the command line, the machine), ``OUTPUT/suite.md`` (the
+tables and the verdicts on the targets of issue 18) and two plots: accuracy vs GFLOPs with the keep-rate curves,
+and foreground recall per stage against the random choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import load_config
+from ..engine import multiview as tester
+from ..engine.build import eval_dataset, read_split
+from ..fileio import write_atomic
+from ..models.methods import list_methods
+from ..synthetic.datasets import make_hard_style
+from .measure import inference_model, inference_step, interleaved_timings, machine_info
+from .plots import plot_foreground, plot_suite
+from .sweeps import Sweep, _read_json, _run_logged, _tail, run_log_summary, run_methods
+from .tables import markdown_table
+
+PRETRAIN_CONFIG = "configs/hard/pretrain.yaml"
+TARGET_CONFIG = "configs/hard/target.yaml"
+KEEP_RATE_METHODS = ("sparse_tuning", "evit", "tome")  # one keep rate per stage, the curves of the plot
+ADAPTER_METHODS = ("adapter", "adaptformer", "dense_adapter", "sparse_tuning", "dyt", "dyt_moe")
+DATA_SEEDS = {"pretrain": 1, "target": 2}
+
+
+@dataclass(frozen=True)
+class HardSuite:
+    output_dir: str = "outputs/hard"
+    methods: Sequence[str] = ()  # empty: every method of list_methods()
+    seeds: Sequence[int] = (0,)  # training seeds of stage 2 (the config's `seed`); the spread needs >= 2
+    keep_rates: Sequence[float] = ()  # the sweep's other keep rates, e.g. (0.3, 0.5, 0.9, 1.0); () none
+    num_classes: int = 8
+    train_per_class: int = 128
+    val_per_class: int = 16  # the test split (the target set's val split)
+    pretrain_epochs: int | None = None  # None: configs/hard/pretrain.yaml's
+    epochs: int | None = None  # stage 2, every method; None: configs/hard/target.yaml's
+    lr_for: Mapping[str, float] = field(default_factory=dict)
+    overrides: Sequence[str] = ()  # key=value for every run (stage 1 too), e.g. data.batch_size=4
+    speed_rounds: int = 5  # interleaved timed rounds of the clips/s column (0: no column)
+    timeout: float | None = None  # seconds per training or test run
+    plot_dir: str | None = "docs"  # hard_accuracy_vs_gflops.png, hard_foreground.png (None: OUTPUT_DIR)
+
+    def all_methods(self) -> list[str]:
+        return list(self.methods) or list_methods()
+
+
+def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
+    """The whole suite (see the module docstring); prints the tables and the verdicts; 1 if a run failed."""
+    os.makedirs(suite.output_dir, exist_ok=True)
+    data = {task: prepare_data(suite, task) for task in ("pretrain", "target")}
+    stage1 = pretrain_backbone(suite, data["pretrain"])
+    if stage1.get("error"):
+        print(f"error: stage 1 failed: {stage1['error']}", file=sys.stderr)
+        return 1
+    backbone = stage1["backbone"]
+    methods = suite.all_methods()
+    per_seed: dict[int, list[dict[str, Any]]] = {}
+    for seed in suite.seeds:
+        print(f"== stage 2, seed {seed}: {len(methods)} methods", flush=True)
+        per_seed[seed] = run_methods(_sweep(suite, methods, backbone, data["target"], seed=seed,
+                                            folder=f"seed{seed}"))
+    keep_rows = keep_rate_sweep(suite, backbone, data["target"], [m for m in KEEP_RATE_METHODS if m in methods])
+    first = per_seed[suite.seeds[0]]
+    speed = cpu_speed(suite, first, data["target"]) if suite.speed_rounds > 0 else {}
+    rows = aggregate(per_seed, speed)
+    curves = keep_curves(first, keep_rows)
+    verdicts = check_targets(rows, curves)
+
+    out_dir = suite.plot_dir or suite.output_dir
+    plots = {"accuracy": os.path.join(out_dir, "hard_accuracy_vs_gflops.png"),
+             "foreground": os.path.join(out_dir, "hard_foreground.png")}
+    cfg = load_config(TARGET_CONFIG)
+    title = (f"hard task: {cfg.model.arch}, {cfg.data.num_frames} x {cfg.data.size}, seeds "
+             f"{', '.join(map(str, suite.seeds))}")
+    plot_suite(rows, curves, plots["accuracy"], title)
+    plot_foreground(rows, plots["foreground"], title + ": kept foreground tokens per stage")
+    report = render(suite, stage1, rows, curves, verdicts, plots)
+    print(report)
+    failed = [r["method"] for rs in [*per_seed.values(), keep_rows] for r in rs if r.get("error")]
+    write_atomic(os.path.join(suite.output_dir, "suite.json"), json.dumps(
+        {"args": dict(args or {}), "suite": asdict(suite), "machine": machine_info("cpu"), "stage1": stage1,
+         "per_seed": {str(k): v for k, v in per_seed.items()}, "keep_rate_sweep": keep_rows, "rows": rows,
+         "curves": curves, "verdicts": verdicts, "plots": plots, "failed": failed}, indent=1, default=str) + "\n")
+    write_atomic(os.path.join(suite.output_dir, "suite.md"), report + "\n")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def prepare_data(suite: HardSuite, task: str) -> str:
+    """The task's generated set under OUTPUT_DIR (made once per settings); its root."""
+    root = os.path.abspath(os.path.join(suite.output_dir, f"{task}_data"))
+    settings = {"task": task, "num_classes": suite.num_classes, "train_per_class": suite.train_per_class,
+                "val_per_class": suite.val_per_class, "seed": DATA_SEEDS[task]}
+    stamp = os.path.join(suite.output_dir, f"{task}_data.json")
+    if _read_json(stamp) == settings and os.path.isfile(os.path.join(root, "classes.json")):
+        return root
+    print(f"== data: the hard {task} set -> {root}", flush=True)
+    summary = make_hard_style(root, task=task, num_classes=suite.num_classes, train_per_class=suite.train_per_class,
+                              val_per_class=suite.val_per_class, seed=DATA_SEEDS[task], overwrite=True)
+    print(summary.describe(), flush=True)
+    write_atomic(stamp, json.dumps(settings))
+    return root
+
+
+def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
+    """Stage 1 (reused when done with the same settings): train, convert; its summary with ``backbone``."""
+    folder = os.path.abspath(os.path.join(suite.output_dir, "pretrain"))
+    backbone = os.path.abspath(os.path.join(suite.output_dir, "backbone.pt"))
+    cfg = load_config(PRETRAIN_CONFIG)
+    overrides = [f"output_dir={folder}", f"data.root={data}", f"model.num_classes={suite.num_classes}",
+                 "log.progress=false", "checkpoint.resume=none", *suite.overrides]
+    if suite.pretrain_epochs is not None:
+        overrides.append(f"optim.epochs={suite.pretrain_epochs}")
+    geometry = ["--arch", str(cfg.model.arch), "--frames", str(cfg.data.num_frames), "--img-size",
+                str(cfg.data.size), "--num-classes", "0"]
+    settings = {"config": PRETRAIN_CONFIG, "overrides": overrides, "convert": geometry}
+    stamp = os.path.join(suite.output_dir, "backbone.json")
+    out: dict[str, Any] = {"backbone": backbone, "run": folder, "settings": settings}
+    if not (_read_json(stamp) == settings and os.path.isfile(backbone)):
+        print(f"== stage 1: pretraining the backbone -> {folder}", flush=True)
+        os.makedirs(folder, exist_ok=True)
+        steps = [("train", [sys.executable, "tools/train_net.py", "--config", PRETRAIN_CONFIG, *overrides]),
+                 ("convert", [sys.executable, "tools/convert_checkpoint.py", os.path.join(folder, "model_final.pt"),
+                              backbone, *geometry])]
+        for name, cmd in steps:
+            log = os.path.join(folder, f"suite_{name}.log")
+            code, out[f"{name}_s"] = _run_logged(cmd, log, suite.timeout)
+            if code != 0:
+                out["error"] = f"{name} exited {code} (log: {log}): {_tail(log)}"
+                return out
+        write_atomic(stamp, json.dumps(settings))
+    out.update(run_log_summary(folder))
+    return out
+
+
+def _sweep(suite: HardSuite, methods: Sequence[str], backbone: str, data: str, *, seed: int, folder: str,
+           extra: Sequence[str] = ()) -> Sweep:
+    return Sweep(methods=methods, config=TARGET_CONFIG, backbone=backbone, data=data,
+                 output_dir=os.path.join(suite.output_dir, folder), epochs=suite.epochs, lr_for=suite.lr_for,
+                 overrides=[f"engine.seed={seed}", f"model.num_classes={suite.num_classes}", *suite.overrides, *extra],
+                 timeout=suite.timeout, skip_done=True, foreground=True)
+
+
+def keep_rate_sweep(suite: HardSuite, backbone: str, data: str, methods: Sequence[str]) -> list[dict[str, Any]]:
+    """The keep-rate methods trained at each other keep rate (first seed); rows with ``keep_rate``."""
+    rows = []
+    for rate in suite.keep_rates:
+        if not methods:
+            break
+        print(f"== keep-rate sweep: {', '.join(methods)} at keep rate {rate:g}", flush=True)
+        sweep = _sweep(suite, methods, backbone, data, seed=suite.seeds[0], folder=f"keep{rate:g}",
+                       extra=[f"model.keep_rate={rate}"])
+        for row in run_methods(sweep):
+            rows.append({**row, "keep_rate": rate})
+    return rows
+
+
+def cpu_speed(suite: HardSuite, rows: Sequence[Mapping[str, Any]], data: str) -> dict[str, float]:
+    """Test clips per second of each trained model (LoRA merged), side by side: one batch of real test clips
+    (the centre view), every model timed in turn for ``speed_rounds`` rounds, the median; method -> clips/s."""
+    models = {}
+    cfg = None
+    for row in rows:
+        if row.get("error"):
+            continue
+        folder = os.path.join(suite.output_dir, f"seed{suite.seeds[0]}", row["method"])
+        cfg = load_config(TARGET_CONFIG, [f"data.root={data}", f"model.method={row['method']}",
+                                          f"model.num_classes={suite.num_classes}", f"output_dir={folder}",
+                                          *suite.overrides])
+        loaded, _ = tester.load_for_test(cfg, os.path.join(folder, "model_final.pt"))
+        models[row["method"]] = inference_model(loaded.model).eval()
+    if not models:
+        return {}
+    records, _ = read_split(cfg, "test")
+    dataset = eval_dataset(cfg, records, temporal_views=1, spatial_views=1)
+    clips = [dataset[i]["views"][0] for i in range(min(16, len(dataset))) if dataset[i]["views"] is not None]
+    batch = torch.stack(clips).float()
+    steps = {name: inference_step(model, batch, None) for name, model in models.items()}
+    timings = interleaved_timings(steps, rounds=suite.speed_rounds, device=torch.device("cpu"))
+    return {name: len(clips) / t.median for name, t in timings.items()}
+
+
+MEAN_KEYS = ("test_top1_pct", "mean_class_acc_pct", "gflops", "fg1_recall", "fg1_random_recall", "fg1_precision",
+             "fg1_random_precision")
+
+
+def aggregate(per_seed: Mapping[int, Sequence[Mapping[str, Any]]], speed: Mapping[str, float]) -> list[dict[str, Any]]:
+    """One row per method: the mean over seeds (and the sample std where there are >= 2) of the accuracies, the
+    GFLOPs and the first stage's foreground scores; the per-stage foreground of the first seed; clips/s."""
+    seeds = list(per_seed)
+    out = []
+    for i, first in enumerate(per_seed[seeds[0]]):
+        runs = [per_seed[s][i] for s in seeds if not per_seed[s][i].get("error")]
+        row: dict[str, Any] = {"method": first["method"], "seeds": len(runs), "lr": first.get("lr"),
+                               "input_dependent": first.get("input_dependent"),
+                               "keep_rates": first.get("keep_rates") or [],
+                               "trainable_m": first.get("trainable_m"), "foreground": first.get("foreground")}
+        if not runs:
+            row["error"] = first.get("error") or "every seed failed"
+            out.append(row)
+            continue
+        for key in MEAN_KEYS:
+            values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+            if values:
+                row[key] = statistics.fmean(values)
+                if len(values) > 1:
+                    row[f"{key}_std"] = statistics.stdev(values)
+        if first["method"] in speed:
+            row["cpu_clips_s"] = speed[first["method"]]
+        out.append(row)
+    reference = next((r for r in out if r["method"] == "full" and r.get("gflops")), None)
+    for row in out:
+        if reference and row.get("gflops") is not None:
+            row["gflops/full"] = row["gflops"] / reference["gflops"]
+        if reference and row.get("cpu_clips_s") and reference.get("cpu_clips_s"):
+            row["cpu_clips_s/full"] = row["cpu_clips_s"] / reference["cpu_clips_s"]
+    return out
+
+
+def keep_curves(first: Sequence[Mapping[str, Any]], keep_rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """method -> [(keep rate, GFLOPs, test top-1 %, first-stage foreground recall)], by keep rate: the sweep's
+    rows and the method's own row (its trained keep rate) of the first seed."""
+    curves: dict[str, list] = {}
+    for row in [*first, *keep_rows]:
+        if row["method"] not in KEEP_RATE_METHODS or row.get("error") or row.get("gflops") is None:
+            continue
+        rate = row.get("keep_rate", (row.get("keep_rates") or [None])[0])
+        curves.setdefault(row["method"], []).append(
+            [rate, row["gflops"], row.get("test_top1_pct"), row.get("fg1_recall")])
+    return {m: sorted(points, key=lambda p: p[0]) for m, points in curves.items()}
+
+
+def _by_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {r["method"]: r for r in rows if r.get("test_top1_pct") is not None}
+
+
+def at_gflops(curve: Sequence[Sequence[float]], gflops: float) -> float | None:
+    """Test top-1 of a keep-rate curve linearly interpolated at ``gflops`` (None outside its range)."""
+    points = sorted((p[1], p[2]) for p in curve if p[2] is not None)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= gflops <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (gflops - x0) / (x1 - x0)
+    return None
+
+
+def check_targets(rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Sequence]) -> list[dict[str, Any]]:
+    """The targets of issue 18, each as {target, value, met (None: not measurable here), detail}."""
+    by = _by_method(rows)
+    out = []
+
+    def add(target: str, met: bool | None, value: float | None, detail: str) -> None:
+        out.append({"target": target, "met": met, "value": value, "detail": detail})
+
+    adapters = [by[m] for m in ADAPTER_METHODS if m in by]
+    if adapters and "linear" in by:
+        best = max(adapters, key=lambda r: r["test_top1_pct"])
+        gap = best["test_top1_pct"] - by["linear"]["test_top1_pct"]
+        add("linear probe >= 15 points below the best adapter method", gap >= 15, gap,
+            f"best adapter method {best['method']} {best['test_top1_pct']:.1f}%, linear "
+            f"{by['linear']['test_top1_pct']:.1f}%")
+    if len(by) >= 2:
+        ranked = sorted(by.values(), key=lambda r: r["test_top1_pct"])
+        gap = ranked[-1]["test_top1_pct"] - ranked[0]["test_top1_pct"]
+        add(">= 10 points between the best and the worst method", gap >= 10, gap,
+            f"best {ranked[-1]['method']} {ranked[-1]['test_top1_pct']:.1f}%, worst {ranked[0]['method']} "
+            f"{ranked[0]['test_top1_pct']:.1f}%")
+    st = by.get("sparse_tuning")
+    if st and "dense_adapter" in by:
+        dense = by["dense_adapter"]
+        diff = st["test_top1_pct"] - dense["test_top1_pct"]
+        ratio = st["gflops"] / dense["gflops"]
+        add("Sparse-Tuning within a point of Dense Adapters (no sparsification) at ~0.65 of its GFLOPs",
+            diff >= -1.0, diff, f"{diff:+.1f} points at {ratio:.2f} of the GFLOPs ({st['test_top1_pct']:.1f}% vs "
+                                f"{dense['test_top1_pct']:.1f}%)")
+    if st:
+        for other in ("evit", "tome"):
+            if other not in curves:
+                continue
+            value = at_gflops(curves[other], st["gflops"])
+            detail = (f"{other} at Sparse-Tuning's {st['gflops']:.4f} GFLOPs: "
+                      + (f"{value:.1f}% (interpolated on its keep-rate curve) vs {st['test_top1_pct']:.1f}%"
+                         if value is not None else "outside its keep-rate curve (run the sweep: --keep-rates)"))
+            add(f"Sparse-Tuning above {other} at equal GFLOPs", None if value is None else st["test_top1_pct"] > value,
+                None if value is None else st["test_top1_pct"] - value, detail)
+        if st.get("fg1_recall") is not None:
+            rate = (st.get("keep_rates") or [None])[0]
+            add("Sparse-Tuning's first stage keeps >= 0.9 of the foreground tokens at keep rate 0.7",
+                st["fg1_recall"] >= 0.9 if rate == 0.7 else None, st["fg1_recall"],
+                f"recall {st['fg1_recall']:.3f} vs random {st['fg1_random_recall']:.3f} at keep rate {rate}")
+    return out
+
+
+TABLE = ["method", "seeds", "test_top1_pct", "test_top1_pct_std", "mean_class_acc_pct", "mean_class_acc_pct_std",
+         "trainable_m", "gflops", "gflops/full", "cpu_clips_s", "cpu_clips_s/full", "fg1_recall",
+         "fg1_random_recall", "fg1_precision", "fg1_random_precision"]
+
+
+def render(suite: HardSuite, stage1: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Any],
+           verdicts: Sequence[Mapping[str, Any]], plots: Mapping[str, str]) -> str:
+    """The report: stage 1, the methods table, the per-stage foreground table, the keep-rate sweep, verdicts."""
+    cfg = load_config(TARGET_CONFIG)
+    lines = [f"Hard suite ({cfg.model.arch}, {cfg.data.num_frames} x {cfg.data.size}, "
+             f"{cfg.optim.epochs if suite.epochs is None else suite.epochs} epochs, test "
+             f"{cfg.test.temporal_views} x {cfg.test.spatial_views} views; "
+             f"{suite.num_classes} classes x ({suite.train_per_class} + {suite.val_per_class}); seeds "
+             f"{', '.join(map(str, suite.seeds))})",
+             f"stage 1 (pretrain task, full fine-tuning from scratch): best val top-1 "
+             f"{_pct(stage1.get('best_val_top1'))}, backbone {stage1['backbone']}", ""]
+    columns = [c for c in TABLE if c in ("method",) or any(c in r for r in rows)]
+    lines += [markdown_table(list(rows), columns), ""]
+    stages = [(r["method"], s) for r in rows for s in (r.get("foreground") or [])]
+    if stages:
+        lines += ["Kept foreground tokens per stage (first seed; recall: share of the ground-truth foreground tokens "
+                  "kept; precision: share of the kept tokens that are foreground; random: a uniform choice of the "
+                  "same number):", ""]
+        lines.append(markdown_table(
+            [{"method": m, "stage": s["stage"], "keep_share": s["keep_share"], "recall": s["recall"],
+              "random_recall": s["random_recall"], "lift": s["lift"], "precision": s["precision"],
+              "random_precision": s["random_precision"]} for m, s in stages],
+            ["method", "stage", "keep_share", "recall", "random_recall", "lift", "precision", "random_precision"]))
+        lines.append("")
+    if any(len(points) > 1 for points in curves.values()):
+        lines += ["Keep-rate sweep (first seed):", ""]
+        lines.append(markdown_table(
+            [{"method": m, "keep_rate": p[0], "gflops": p[1], "test_top1_pct": p[2], "fg1_recall": p[3]}
+             for m, points in curves.items() for p in points],
+            ["method", "keep_rate", "gflops", "test_top1_pct", "fg1_recall"]))
+        lines.append("")
+    lines.append("Targets:")
+    for v in verdicts:
+        mark = {True: "met", False: "NOT met", None: "not measured"}[v["met"]]
+        lines.append(f"- {v['target']}: {mark} ({v['detail']})")
+    lines += ["", f"plots: {plots['accuracy']}, {plots['foreground']}"]
+    return "\n".join(lines)
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
+
