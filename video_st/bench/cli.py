@@ -137,8 +137,8 @@ def _numbers(parser: argparse.ArgumentParser, flag: str, text: str, kind: type) 
     try:
         return [kind(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        parser.error(f"{flag} {text!r}: expected comma-separated numbers")
-        raise  # unreachable: parser.error exits
+        parser.error(f"{flag} {text!r}: expected comma-separated numbers")  # exits
+        return []
 
 
 def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, methods: list[str],

@@ -71,6 +71,7 @@ class HardSuite:
 
 def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
     """The whole suite (see the module docstring); prints the tables and the verdicts; 1 if a run failed."""
+    load_config(TARGET_CONFIG, list(suite.overrides))  # a bad --set key: one line now, not after stage 1
     os.makedirs(suite.output_dir, exist_ok=True)
     data = {task: prepare_data(suite, task) for task in ("pretrain", "target")}
     stage1 = pretrain_backbone(suite, data["pretrain"])
