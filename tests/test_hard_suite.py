@@ -57,7 +57,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     out = tmp_path / "hard"
     argv = ["train-methods", "--suite", "hard", "--classes", "4", "--train-per-class", "2", "--val-per-class", "2",
             "--pretrain-epochs", "1", "--epochs", "1", "--methods", "linear,sparse_tuning", "--keep-rates", "0.5",
-            "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1",
+            "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1", "--variants", "layers=1+3",
             "--set", "data.batch_size=4", "--set", "data.num_workers=0"]
     assert benchmark(argv, description="") == 0
     printed = capsys.readouterr().out
@@ -75,13 +75,22 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     assert _png(saved["plots"]["accuracy"]) and _png(saved["plots"]["foreground"])
     assert "| sparse_tuning | layer 2 |" in printed and "Targets:" in printed
     assert (out / "suite.md").read_text().startswith("Hard suite")
+    # the selection probe: every layer of the 4-layer model x both scoring queries, one stage at the keep rate
+    probe = saved["selection_probe"]
+    assert [(r["layer"], r["score"]) for r in probe] == [(i, s) for i in range(1, 5) for s in ("cls", "mean")]
+    assert all(r["keep_share"] == pytest.approx(first["keep_share"]) for r in probe)
+    (variant,) = saved["variants"]
+    assert variant["variant"] == "layers=1+3" and [s["stage"] for s in variant["foreground"]] == \
+        ["layer 1", "layer 3"]
+    assert "Selection probe" in printed and "| sparse_tuning | layers=1+3 |" in printed
 
     # A rerun with the same settings trains nothing again (a killed suite resumes where it stopped).
     logs = sorted(out.rglob("train.log")) + [out / "pretrain" / "suite_train.log"]
     before = {p: os.path.getmtime(p) for p in logs}
     assert benchmark(argv, description="") == 0
     assert {p: os.path.getmtime(p) for p in logs} == before
-    assert "training" not in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "] training (" not in again and "== stage 1" not in again and "== selection probe" not in again
 
 
 def test_suite_refuses_what_it_makes_itself(capsys):

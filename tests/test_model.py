@@ -52,8 +52,10 @@ def test_sparse_keep_rate_one_equals_dense_adapter_model():
         assert (sparse(x) - dense(x)).abs().max() > 1e-4  # and the reduction really changes the result
 
 
-def test_kept_token_ids_follow_cls_attention():
-    model = create_model("vit_tiny_test", method="sparse_tuning", **SPARSE).eval()
+@pytest.mark.parametrize("score", ["cls", "mean"])
+def test_kept_token_ids_follow_the_scoring_query(score):
+    # score="cls": the [CLS] query's attention row (the paper); "mean": the mean query's (the [CLS] token stays).
+    model = create_model("vit_tiny_test", method="sparse_tuning", score=score, **SPARSE).eval()
     x = tiny_clip()
     feats, kept = model.forward_features(x, return_token_ids=True)
     n = model.patch_embed.num_patches  # 32
@@ -62,15 +64,26 @@ def test_kept_token_ids_follow_cls_attention():
     for ids in kept:
         real = ids[ids >= 0]
         assert real.max() < n and (ids == -1).any()
-    # Stage 1 keeps the top tokens of layer 2's [CLS] attention: recompute it by hand.
+    # Stage 1 keeps the top tokens of layer 2's attention row of the scoring query: recompute it by hand.
     with torch.no_grad():
         h = model._pos_embed(model.patch_embed(x))
         h, _ = model.blocks[0](h, TokenState(ids=torch.arange(n).expand(2, -1)))
         attn = model.blocks[1].attn
         q, k, _ = attn.qkv(model.blocks[1].norm1(h)).reshape(2, -1, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        cls_row = ((q[:, :, :1] @ k.transpose(-2, -1)) * attn.scale).softmax(-1).mean(1)[:, 0, 1:]
-    expected = cls_row.topk(16, dim=1).indices.sort(dim=1).values
+        query = q[:, :, :1] if score == "cls" else q.mean(dim=2, keepdim=True)
+        row = ((query @ k.transpose(-2, -1)) * attn.scale).softmax(-1).mean(1)[:, 0, 1:]
+        other = q.mean(dim=2, keepdim=True) if score == "cls" else q[:, :, :1]
+        other_row = ((other @ k.transpose(-2, -1)) * attn.scale).softmax(-1).mean(1)[:, 0, 1:]
+    expected = row.topk(16, dim=1).indices.sort(dim=1).values
     assert torch.equal(kept[0][:, :16], expected)
+    assert not torch.equal(other_row.topk(16, dim=1).indices.sort(dim=1).values, expected)  # the query matters
+
+
+def test_score_option_is_checked():
+    with pytest.raises(ValueError, match="score must be one of"):
+        create_model("vit_tiny_test", method="sparse_tuning", score="max", **SPARSE)
+    with pytest.raises(ValueError, match="has no option 'score'"):
+        create_model("vit_tiny_test", method="tome", score="mean", **SPARSE)
 
 
 def test_keep_rate_schedule_changes_token_count():

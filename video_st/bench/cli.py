@@ -102,6 +102,12 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     hard.add_argument("--pretrain-epochs", type=int, help="stage 1 (default: configs/hard/pretrain.yaml's)")
     hard.add_argument("--speed-rounds", type=int, default=5, help="timed rounds of the clips/s column (0: none)")
     hard.add_argument("--plot-dir", default="docs", help="where the two plots go")
+    hard.add_argument("--variants", default="all",
+                      help="Sparse-Tuning retrained with one change each, first seed: comma-separated names of "
+                           "video_st/bench/hard_diagnosis.VARIANTS ('score=mean', 'fuse=sum', 'warmup=3', "
+                           "'layers=1+3'), 'all' or 'none'")
+    hard.add_argument("--no-probe", action="store_true",
+                      help="skip the frozen backbone's selection probe (per layer and scoring query)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     methods = _methods(parser, args.methods)
@@ -160,12 +166,19 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
         if value < 1:
             parser.error(f"{flag} {value}: must be >= 1")
     from video_st.bench import hard_suite
+    from video_st.bench.hard_diagnosis import VARIANTS
 
+    named = {"all": list(VARIANTS), "none": []}
+    variants = named[args.variants] if args.variants in named else [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown[0]!r}; one of {', '.join(VARIANTS)}, all or none")
     suite = hard_suite.HardSuite(
         output_dir=args.output_dir or "outputs/hard", methods=methods, seeds=seeds, keep_rates=keep_rates,
         num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr_for=lr_for, overrides=args.set,
-        speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir)
+        speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir, variants=variants,
+        probe=not args.no_probe)
     return hard_suite.run_suite(suite, args=vars(args))
 
 

@@ -10,7 +10,9 @@ The steps, each reused on a rerun when its recorded settings are unchanged (a ki
    once per seed (``sweeps.run_methods``: the project's own train and test tools, multi-view test, GFLOPs of the
    trained model, per-stage foreground recall and precision of the kept tokens against the masks);
 4. the keep-rate sweep: the keep-rate methods (Sparse-Tuning, EViT, ToMe) at other keep rates, first seed;
-5. CPU clips/s of every trained model (first seed), interleaved on real test clips in one process.
+5. CPU clips/s of every trained model (first seed), interleaved on real test clips in one process;
+6. why Sparse-Tuning stands where it does (bench/hard_diagnosis.py): the frozen backbone's own selection per layer
+   and scoring query (no training), and Sparse-Tuning retrained with one change each (first seed).
 
 Then ``OUTPUT/suite.json`` (every row, the aggregate, the command line, the machine), ``OUTPUT/suite.md`` (the
 tables and the verdicts on the targets of issue 18) and two plots: accuracy vs GFLOPs with the keep-rate curves,
@@ -36,6 +38,7 @@ from ..engine.build import eval_dataset, read_split
 from ..fileio import write_atomic
 from ..models.methods import list_methods
 from ..synthetic.datasets import make_hard_style
+from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, run_variants
 from .measure import inference_model, inference_step, interleaved_timings, machine_info
 from .plots import plot_foreground, plot_suite
 from .sweeps import Sweep, _read_json, _run_logged, _tail, run_log_summary, run_methods
@@ -64,6 +67,8 @@ class HardSuite:
     speed_rounds: int = 5  # interleaved timed rounds of the clips/s column (0: no column)
     timeout: float | None = None  # seconds per training or test run
     plot_dir: str | None = "docs"  # hard_accuracy_vs_gflops.png, hard_foreground.png (None: OUTPUT_DIR)
+    variants: Sequence[str] = tuple(VARIANTS)  # Sparse-Tuning retrained with each (first seed); () none
+    probe: bool = True  # the frozen backbone's selection per layer and scoring query
 
     def all_methods(self) -> list[str]:
         return list(self.methods) or list_methods()
@@ -87,6 +92,9 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
                                             folder=f"seed{seed}"))
     keep_rows = keep_rate_sweep(suite, backbone, data["target"], [m for m in KEEP_RATE_METHODS if m in methods])
     first = per_seed[suite.seeds[0]]
+    probe = selection_probe(suite, stage1, data["target"]) if suite.probe else []
+    variants = run_variants(_sweep(suite, ["sparse_tuning"], backbone, data["target"], seed=suite.seeds[0],
+                                   folder="variants"), suite.variants) if "sparse_tuning" in methods else []
     speed = cpu_speed(suite, first, data["target"]) if suite.speed_rounds > 0 else {}
     rows = aggregate(per_seed, speed)
     curves = keep_curves(first, keep_rows)
@@ -100,12 +108,14 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
              f"{', '.join(map(str, suite.seeds))}")
     plot_suite(rows, curves, plots["accuracy"], title)
     plot_foreground(rows, plots["foreground"], title + ": kept foreground tokens per stage")
-    report = render(suite, stage1, rows, curves, verdicts, plots)
+    diagnosis = render_diagnosis(probe, variants, first, sparse_layers=_sparse_layers(first))
+    report = render(suite, stage1, rows, curves, verdicts, plots, diagnosis)
     print(report)
-    failed = [r["method"] for rs in [*per_seed.values(), keep_rows] for r in rs if r.get("error")]
+    failed = [r["method"] for rs in [*per_seed.values(), keep_rows, variants] for r in rs if r.get("error")]
     write_atomic(os.path.join(suite.output_dir, "suite.json"), json.dumps(
         {"args": dict(args or {}), "suite": asdict(suite), "machine": machine_info("cpu"), "stage1": stage1,
          "per_seed": {str(k): v for k, v in per_seed.items()}, "keep_rate_sweep": keep_rows, "rows": rows,
+         "selection_probe": probe, "variants": variants,
          "curves": curves, "verdicts": verdicts, "plots": plots, "failed": failed}, indent=1, default=str) + "\n")
     write_atomic(os.path.join(suite.output_dir, "suite.md"), report + "\n")
     if failed:
@@ -158,6 +168,27 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
         write_atomic(stamp, json.dumps(settings))
     out.update(run_log_summary(folder))
     return out
+
+
+def selection_probe(suite: HardSuite, stage1: Mapping[str, Any], data: str) -> list[dict[str, Any]]:
+    """bench/hard_diagnosis.probe_selection on the stage-1 backbone (reused while stage 1 and the settings are
+    unchanged: OUTPUT_DIR/selection_probe.json)."""
+    settings = {"stage1": stage1["settings"], "data": data, "overrides": list(suite.overrides)}
+    path = os.path.join(suite.output_dir, "selection_probe.json")
+    done = _read_json(path)
+    if isinstance(done, dict) and done.get("settings") == settings:
+        return done["rows"]
+    print("== selection probe: the frozen backbone's top-k choice per layer", flush=True)
+    rows = probe_selection(TARGET_CONFIG, backbone=stage1["backbone"], data=data,
+                           overrides=[f"model.num_classes={suite.num_classes}", *suite.overrides])
+    write_atomic(path, json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    return rows
+
+
+def _sparse_layers(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    # the layers Sparse-Tuning reduces at, from its stage names ("layer 2", ...)
+    st = next((r for r in rows if r["method"] == "sparse_tuning"), {})
+    return [int(s["stage"].split()[-1]) for s in st.get("foreground") or [] if s["stage"].split()[-1].isdigit()]
 
 
 def _sweep(suite: HardSuite, methods: Sequence[str], backbone: str, data: str, *, seed: int, folder: str,
@@ -323,8 +354,9 @@ TABLE = ["method", "seeds", "test_top1_pct", "test_top1_pct_std", "mean_class_ac
 
 
 def render(suite: HardSuite, stage1: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Any],
-           verdicts: Sequence[Mapping[str, Any]], plots: Mapping[str, str]) -> str:
-    """The report: stage 1, the methods table, the per-stage foreground table, the keep-rate sweep, verdicts."""
+           verdicts: Sequence[Mapping[str, Any]], plots: Mapping[str, str], diagnosis: Sequence[str] = ()) -> str:
+    """The report: stage 1, the methods table, the per-stage foreground table, the keep-rate sweep, the
+    diagnosis (bench/hard_diagnosis.render_diagnosis), the verdicts."""
     cfg = load_config(TARGET_CONFIG)
     lines = [f"Hard suite ({cfg.model.arch}, {cfg.data.num_frames} x {cfg.data.size}, "
              f"{cfg.optim.epochs if suite.epochs is None else suite.epochs} epochs, test "
@@ -353,7 +385,7 @@ def render(suite: HardSuite, stage1: Mapping[str, Any], rows: Sequence[Mapping[s
              for m, points in curves.items() for p in points],
             ["method", "keep_rate", "gflops", "test_top1_pct", "fg1_recall"]))
         lines.append("")
-    lines.append("Targets:")
+    lines += [*diagnosis, "Targets:"]
     for v in verdicts:
         mark = {True: "met", False: "NOT met", None: "not measured"}[v["met"]]
         lines.append(f"- {v['target']}: {mark} ({v['detail']})")

@@ -28,7 +28,7 @@ from .pruning import FlopsBudget, ThresholdPruner
 from .layers import LoRAQV
 from .prompts import DeepPrompts
 from .slots import Adapter, Reducer
-from .sparsify import FUSE_MODES, ToMeMerge, TopKFuse, expand_keep_rates
+from .sparsify import FUSE_MODES, SCORE_QUERIES, ToMeMerge, TopKFuse, expand_keep_rates
 from .vit import BlockSlots, ModelSlots
 
 PAPER_SPARSE_LAYERS = (4, 7, 10)  # 1-based, of 12 layers (Sparse-Tuning, EViT, AS-ViT in ViT-B)
@@ -88,6 +88,8 @@ class Method:
             expand_keep_rates(options["keep_rate"], len(options["sparse_layers"]))  # checks range and count
         if options.get("fuse", "mean") not in FUSE_MODES:
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {options['fuse']!r}")
+        if options.get("score", "cls") not in SCORE_QUERIES:
+            raise ValueError(f"score must be one of {SCORE_QUERIES}, got {options['score']!r}")
         if "adapter" in options and options["adapter"] not in ADAPTER_CHOICES.get(self.name, ()):
             raise ValueError(f"method {self.name!r}: adapter must be one of {ADAPTER_CHOICES[self.name]}, "
                              f"got {options['adapter']!r}")
@@ -182,7 +184,8 @@ def _published_dense_adapter(ctx: SlotContext, o: Mapping[str, Any], layer: int)
 def _reducer(kind: str, ctx: SlotContext, o: Mapping[str, Any], *, prefix: int, stage: int,
              keep_rate: float, budget: FlopsBudget | None) -> Reducer:
     if kind == "topk":
-        return TopKFuse(keep_rate=keep_rate, fuse=o["fuse"], num_prefix=prefix, class_token=bool(ctx.class_tokens))
+        return TopKFuse(keep_rate=keep_rate, fuse=o["fuse"], num_prefix=prefix, class_token=bool(ctx.class_tokens),
+                        score=o["score"])
     if kind == "tome":
         return ToMeMerge(keep_rate=keep_rate, num_prefix=prefix)
     return ThresholdPruner(budget=budget, keep_rate=keep_rate, num_prefix=prefix, num_tokens=ctx.num_tokens,
@@ -239,7 +242,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "Adapters (the paper's defaults: keep 0.7 at layers 4/7/10, bottleneck 32, three inputs; "
            "dense_adapter_form='published': the authors' code's adapter)",
            trains=_PEFT, adapter="dense", reducer="topk",
-           options={**_REDUCTION, "fuse": "mean", **_DENSE}),
+           options={**_REDUCTION, "fuse": "mean", "score": "cls", **_DENSE}),
     Method("lora", "LoRA on the query and value projections, rank 8, scale 1", trains=_PEFT, lora=True,
            options={"lora_rank": 8}),
     Method("vpt", "VPT-Deep: 8 prompts per layer (the Sparse-Tuning Table 2 count)", trains=_PEFT, prompts=True,
@@ -262,7 +265,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            options={**_ADAPTFORMER, **_REDUCTION, "threshold_init": (0.001, 0.002, 0.003),
                     "threshold_temperature": 1e-4, "budget_weight": 2.0, "calibrate": False}),
     Method("evit", "EViT: top-k + fuse on a frozen backbone, head only (Sparse-Tuning Table 3 (b))",
-           trains=("head",), reducer="topk", options={**_REDUCTION, "fuse": "mean"}),
+           trains=("head",), reducer="topk", options={**_REDUCTION, "fuse": "mean", "score": "cls"}),
     Method("tome", "ToMe: bipartite token merging on a frozen backbone, head only", trains=("head",),
            reducer="tome", options=dict(_REDUCTION)),
 )}

@@ -28,6 +28,9 @@ from .layers import AttnInfo
 from .slots import Reducer
 
 FUSE_MODES = ("mean", "sum")
+# Whose attention row scores the tokens: the [CLS] query's (the paper) or the mean query's (no [CLS] needed: what
+# the whole clip attends to, not what the pretrained classifier token looks at).
+SCORE_QUERIES = ("cls", "mean")
 # The id of a token with no place in the original grid, in the kept-token index maps: a fused token, padding of a
 # shorter sample, or (DyT) a token the dispatcher sent past the MLP.
 NO_GRID_ID = -1
@@ -171,12 +174,15 @@ class TopKFuse(Reducer):
     reduces = True
     stage_label = ""
 
-    def __init__(self, *, keep_rate: float = 0.7, fuse: str = "mean", num_prefix: int = 1, class_token: bool = True) -> None:
+    def __init__(self, *, keep_rate: float = 0.7, fuse: str = "mean", num_prefix: int = 1, class_token: bool = True,
+                 score: str = "cls") -> None:
         super().__init__()
         if fuse not in FUSE_MODES:
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {fuse!r}")
+        if score not in SCORE_QUERIES:
+            raise ValueError(f"score must be one of {SCORE_QUERIES}, got {score!r}")
         self.keep_rate, self.fuse, self.num_prefix = keep_rate, fuse, num_prefix
-        self.rows = "cls" if class_token else "mean"
+        self.rows = score if class_token else "mean"  # a backbone without [CLS] has only the mean query
 
     def tokens_after(self, n: int) -> int:
         k = keep_count(n, self.keep_rate)
@@ -188,7 +194,7 @@ class TopKFuse(Reducer):
         return plan.apply(x), plan.apply_state(state)
 
     def extra_repr(self) -> str:
-        return f"keep_rate={self.keep_rate}, fuse={self.fuse}"
+        return f"keep_rate={self.keep_rate}, fuse={self.fuse}, score={self.rows}"
 
 
 @dataclass(frozen=True)
