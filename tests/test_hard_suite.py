@@ -92,6 +92,15 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     again = capsys.readouterr().out
     assert "] training (" not in again and "== stage 1" not in again and "== selection probe" not in again
 
+    # Other data under the same paths (more videos per class): nothing trained on the old set is reused, though
+    # every path and override of stage 1 and of the linear run is unchanged.
+    smaller = ["--methods", "linear", "--keep-rates", "", "--variants", "none", "--speed-rounds", "0"]
+    assert benchmark([*argv, "--train-per-class", "3", *smaller], description="") == 0
+    redone = capsys.readouterr().out
+    assert "== data: the hard pretrain set" in redone and "== stage 1" in redone
+    assert "[linear] training (" in redone and "== selection probe" in redone
+    assert json.loads((out / "suite.json").read_text())["rows"][0]["method"] == "linear"
+
 
 def test_suite_refuses_what_it_makes_itself(capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -232,9 +232,10 @@ def test_a_checkpoint_folder_carrying_a_pickled_payload_is_refused_and_never_run
     state["client_state"]["evil"] = _Payload(marker)
     torch.save(state, folder / "ddp_state.pt", pickle_protocol=pickle.HIGHEST_PROTOCOL)
     # A manifest that matches: the attacker rewrote it too, so only weights_only stands in the way.
-    from video_st.engine.checkpoint import MANIFEST, _files, _sha256
+    from video_st.engine.checkpoint import MANIFEST, _files
+    from video_st.fileio import sha256_file
 
-    files = {rel: {"size": os.path.getsize(folder / rel), "sha256": _sha256(str(folder / rel))}
+    files = {rel: {"size": os.path.getsize(folder / rel), "sha256": sha256_file(folder / rel)}
              for rel in _files(str(folder))}
     (folder / MANIFEST).write_text(json.dumps({"step": 3, "files": files}))
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "test_net.py"), "--config", TINY,

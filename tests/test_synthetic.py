@@ -16,7 +16,8 @@ import decord
 import numpy as np
 import pytest
 
-from video_st.synthetic.datasets import CORRUPT_KINDS, make_k400_style, make_ssv2_style, parse_corrupt_spec
+from video_st.synthetic.corrupt import CORRUPT_KINDS, parse_corrupt_spec
+from video_st.synthetic.datasets import make_k400_style, make_ssv2_style
 from video_st.synthetic.scenes import Motion, render_frames, sample_scene
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import video_st  # noqa: E402,F401  (applies library fixes before other project imports)
-from video_st.synthetic.datasets import (make_hard_style, make_k400_style, make_ssv2_style,  # noqa: E402
-                                        parse_corrupt_spec)
+from video_st.synthetic.corrupt import parse_corrupt_spec  # noqa: E402
+from video_st.synthetic.datasets import make_hard_style, make_k400_style, make_ssv2_style  # noqa: E402
 from video_st.synthetic.hard import TASKS  # noqa: E402
 from video_st.synthetic.scenes import MAX_CLASSES  # noqa: E402
 

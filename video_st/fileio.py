@@ -5,6 +5,7 @@ checkpoint file the project writes (videos and frame folders have their own stag
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -44,3 +45,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -126,8 +126,7 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
 def prepare_data(suite: HardSuite, task: str) -> str:
     """The task's generated set under OUTPUT_DIR (made once per settings); its root."""
     root = os.path.abspath(os.path.join(suite.output_dir, f"{task}_data"))
-    settings = {"task": task, "num_classes": suite.num_classes, "train_per_class": suite.train_per_class,
-                "val_per_class": suite.val_per_class, "seed": DATA_SEEDS[task]}
+    settings = _data_settings(suite, task)
     stamp = os.path.join(suite.output_dir, f"{task}_data.json")
     if _read_json(stamp) == settings and os.path.isfile(os.path.join(root, "classes.json")):
         return root
@@ -137,6 +136,12 @@ def prepare_data(suite: HardSuite, task: str) -> str:
     print(summary.describe(), flush=True)
     write_atomic(stamp, json.dumps(settings))
     return root
+
+
+def _data_settings(suite: HardSuite, task: str) -> dict[str, Any]:
+    # what the generated set is a function of; part of every later stamp, since a change regenerates it in place
+    return {"task": task, "num_classes": suite.num_classes, "train_per_class": suite.train_per_class,
+            "val_per_class": suite.val_per_class, "seed": DATA_SEEDS[task]}
 
 
 def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
@@ -150,7 +155,8 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
         overrides.append(f"optim.epochs={suite.pretrain_epochs}")
     geometry = ["--arch", str(cfg.model.arch), "--frames", str(cfg.data.num_frames), "--img-size",
                 str(cfg.data.size), "--num-classes", "0"]
-    settings = {"config": PRETRAIN_CONFIG, "overrides": overrides, "convert": geometry}
+    settings = {"config": PRETRAIN_CONFIG, "overrides": overrides, "convert": geometry,
+                "data": _data_settings(suite, "pretrain")}
     stamp = os.path.join(suite.output_dir, "backbone.json")
     out: dict[str, Any] = {"backbone": backbone, "run": folder, "settings": settings}
     if not (_read_json(stamp) == settings and os.path.isfile(backbone)):
@@ -173,7 +179,8 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
 def selection_probe(suite: HardSuite, stage1: Mapping[str, Any], data: str) -> list[dict[str, Any]]:
     """bench/hard_diagnosis.probe_selection on the stage-1 backbone (reused while stage 1 and the settings are
     unchanged: OUTPUT_DIR/selection_probe.json)."""
-    settings = {"stage1": stage1["settings"], "data": data, "overrides": list(suite.overrides)}
+    settings = {"stage1": stage1["settings"], "data": data, "target": _data_settings(suite, "target"),
+                "overrides": list(suite.overrides)}
     path = os.path.join(suite.output_dir, "selection_probe.json")
     done = _read_json(path)
     if isinstance(done, dict) and done.get("settings") == settings:

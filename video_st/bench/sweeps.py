@@ -26,7 +26,7 @@ from typing import Any
 from ..config import load_config
 from ..engine import multiview as tester  # the test tool's loading: the one name to change if the module moves
 from ..engine.build import eval_dataset, read_split, split_file
-from ..fileio import write_atomic
+from ..fileio import sha256_file, write_atomic
 from ..models.flops import count_params
 from ..synthetic.masks import masks_beside
 from .foreground import foreground_scores
@@ -78,10 +78,11 @@ def run_methods(sweep: Sweep) -> list[dict[str, Any]]:
     if sweep.epochs is not None:
         common.append(f"optim.epochs={sweep.epochs}")
     epochs = sweep.epochs or int(base.optim.epochs)
+    inputs = input_digests(sweep.backbone, data)
     rows = []
     for method in sweep.methods:
         lr = sweep.lr_for.get(method, float(base.optim.lr))
-        row = method_row(sweep, method, lr=lr, epochs=epochs, common=common)
+        row = method_row(sweep, method, lr=lr, epochs=epochs, common=common, inputs=inputs)
         rows.append(row)
         print(f"[{method}] " + (f"error: {row['error']}" if row.get("error") else
                                 f"test top-1 {row.get('test_top1_pct', float('nan')):.1f}%, {row.get('gflops', 0):.4f} GFLOPs"),
@@ -117,11 +118,22 @@ def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
     return 1 if failed else 0
 
 
-def method_row(sweep: Sweep, method: str, *, lr: float, epochs: int, common: Sequence[str]) -> dict[str, Any]:
+def input_digests(backbone: str, data: str) -> dict[str, str | None]:
+    """SHA-256 of what a run reads besides its config: the backbone file and the annotation files. The paths
+    alone would let ``skip_done`` reuse a run whose backbone was retrained or whose data was regenerated in place
+    (the hard suite does both when its settings change); None for a missing file (the run then fails itself)."""
+    files = {"backbone": os.path.abspath(backbone),
+             **{split: os.path.join(os.path.abspath(data), "annotations", f"{split}.csv") for split in ("train", "val")}}
+    return {name: sha256_file(path) if os.path.isfile(path) else None for name, path in files.items()}
+
+
+def method_row(sweep: Sweep, method: str, *, lr: float, epochs: int, common: Sequence[str],
+               inputs: Mapping[str, str | None]) -> dict[str, Any]:
     """One method: train and test it (or reuse its finished run with ``skip_done``), read the results."""
     folder = os.path.abspath(os.path.join(sweep.output_dir, method))
     overrides = [*common, f"output_dir={folder}", f"model.method={method}", f"optim.lr={lr}"]
-    settings = {"overrides": overrides, "config": sweep.config, "test_checkpoint": sweep.test_checkpoint}
+    settings = {"overrides": overrides, "config": sweep.config, "test_checkpoint": sweep.test_checkpoint,
+                "inputs": dict(inputs)}
     row: dict[str, Any] = {"method": method, "lr": lr, "epochs": epochs}
     checkpoint = os.path.join(folder, "model_final.pt") if sweep.test_checkpoint == "final" else None
     test_dir = os.path.join(folder, "test")

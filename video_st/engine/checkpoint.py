@@ -14,7 +14,6 @@ the previous one is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..fileio import write_atomic
+from ..fileio import sha256_file, write_atomic
 from . import distributed
 
 _log = logging.getLogger(__name__)
@@ -39,14 +38,6 @@ TAG = re.compile(r"^step_(\d{8})$")
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _files(folder: str) -> list[str]:
@@ -67,7 +58,7 @@ def verify(folder: str) -> str | None:
             return f"{rel} is missing"
         if os.path.getsize(path) != expected["size"]:
             return f"{rel} has {os.path.getsize(path)} bytes, expected {expected['size']}"
-        if _sha256(path) != expected["sha256"]:
+        if sha256_file(path) != expected["sha256"]:
             return f"{rel} does not match its checksum"
     return None
 
@@ -123,7 +114,7 @@ class CheckpointManager:
         if self.rank == 0:
             for name, text in (files or {}).items():
                 write_atomic(os.path.join(staging, name), text)
-            listed = {rel: {"size": os.path.getsize(os.path.join(staging, rel)), "sha256": _sha256(os.path.join(staging, rel))}
+            listed = {rel: {"size": os.path.getsize(os.path.join(staging, rel)), "sha256": sha256_file(os.path.join(staging, rel))}
                       for rel in _files(staging)}
             write_atomic(os.path.join(staging, MANIFEST), json.dumps({"step": step, "files": listed}, indent=1))
             if os.path.exists(final):  # the same step saved again (e.g. a stop right after a periodic save)

@@ -35,48 +35,32 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..data.annotations import strip_template
 from ..fileio import write_atomic
+from .corrupt import CORRUPT_KINDS, CorruptFile, plant_corrupt
 from .files import (SPLITS, SSV2_FILES, VP9, X264, encode, to_json, write_k400_annotations,
                     write_ssv2_annotations)
 from .hard import DISTRACTORS as HARD_DISTRACTORS
-from .hard import HardClass, hard_classes, render_hard, sample_hard_scene
+from .hard import hard_classes, render_hard, sample_hard_scene
+from .items import k400_items, plan_labels, ssv2_items
 from .masks import masks_path, video_id_of, write_masks
-from .scenes import Motion, add_grain, class_motions, render_frames, sample_scene
+from .scenes import add_grain, class_motions, render_frames, sample_scene
 
 _log = logging.getLogger(__name__)
 
 STYLES = ("k400", "ssv2", "hard")
-CORRUPT_KINDS = ("zero", "truncated", "garbage")
 
 
 # decord2 3.4 cannot return frames of these widths (its RGB copy fails: "Check failed: from_size == to_size");
 # measured for every even width from 16 to 400 and several heights. The project reads videos with decord.
 DECORD_UNREADABLE_WIDTHS = frozenset({16, 24, 32, 48, 96, 144})
 
-SSV2_OBJECTS = (
-    "ball", "box", "cup", "book", "bottle", "phone", "pen", "remote control", "spoon", "toy car", "apple",
-    "shoe", "key", "wallet", "mug", "paper", "lighter", "scissors", "coin", "charger",
-)
-SSV2_MAX_ID = 220847  # real SSv2 ids are 1..220847
-_YOUTUBE_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
-
 # ----------------------------------------------------------------------------------------------- public types
-
-
-@dataclass(frozen=True)
-class CorruptFile:
-    path: str  # relative to the dataset root, "/"-separated
-    kind: str  # one of CORRUPT_KINDS
-    split: str  # "train" | "val"
-
-    def to_json(self) -> dict[str, str]:
-        return {"path": self.path, "kind": self.kind, "split": self.split}
 
 
 @dataclass(frozen=True)
@@ -160,21 +144,6 @@ make_hard_style = functools.partial(make_dataset, style="hard", num_classes=8, t
                                     num_frames=16, height=64, width=64)
 
 
-def parse_corrupt_spec(text: str) -> dict[str, int]:
-    """``"zero:1,truncated:2"`` -> ``{"zero": 1, "truncated": 2}``; empty text -> ``{}``."""
-    spec: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, sep, count = part.partition(":")
-        kind = kind.strip()
-        if not sep or kind not in CORRUPT_KINDS:
-            raise ValueError(f"bad corrupt spec {part!r}: expected KIND:COUNT with KIND in {', '.join(CORRUPT_KINDS)}")
-        try:
-            spec[kind] = spec.get(kind, 0) + int(count)
-        except ValueError:
-            raise ValueError(f"bad corrupt spec {part!r}: COUNT must be an integer") from None
-    return spec
-
-
 # ----------------------------------------------------------------------------------------------- generation
 
 
@@ -183,16 +152,6 @@ class _HardOptions:
     task: str
     distractors: int
     show_object: bool
-
-
-@dataclass(frozen=True)
-class _Item:
-    split: str
-    label: int  # class index (alphabetical order)
-    motion: Motion | HardClass
-    seed: int  # appearance seed of this video, drawn independently of the label
-    relpath: str
-    row: dict  # the annotation entry (K400 CSV row or SSv2 JSON object)
 
 
 def _make(root: str | os.PathLike, *, style: str, num_classes: int, train_per_class: int, val_per_class: int,
@@ -218,8 +177,8 @@ def _make(root: str | os.PathLike, *, style: str, num_classes: int, train_per_cl
 
     rng = np.random.default_rng(seed)
     counts = {"train": train_per_class, "val": val_per_class}
-    plan = _plan_labels(rng, num_classes=num_classes, counts=counts)
-    namer = _ssv2_items if style == "ssv2" else _k400_items
+    plan = plan_labels(rng, num_classes=num_classes, counts=counts)
+    namer = ssv2_items if style == "ssv2" else k400_items
     items = namer(rng, plan=plan, motions=motions, classes=classes)
     encoder = VP9 if style == "ssv2" else X264
     _log.info("writing %d %s-style videos (%d classes, %d frames of %dx%d) to %s",
@@ -241,7 +200,7 @@ def _make(root: str | os.PathLike, *, style: str, num_classes: int, train_per_cl
         encode(os.path.join(root, item.relpath), frames, fps=fps, **encoder)
         _log.debug("%d/%d %s (%s)", n + 1, len(items), item.relpath, classes[item.label])
 
-    planted = _plant_corrupt(rng, root=root, items=items, corrupt=corrupt)
+    planted = plant_corrupt(rng, root=root, items=items, corrupt=corrupt)
     # Masks and annotations after the videos and classes.json last: a killed run has no classes.json.
     mask_files = {}
     if style == "hard":  # planted corrupt files keep their masks: the ground truth of what should be there
@@ -329,73 +288,3 @@ def _remove_generated(root: str) -> None:
     _log.info("overwrite: removed %d generated files under %s", removed, root)
 
 
-def _plan_labels(rng: np.random.Generator, *, num_classes: int, counts: dict[str, int]) -> list[tuple[str, int, int]]:
-    """(split, label, appearance seed) per video; shuffled within a split so classes are not in blocks."""
-    plan = []
-    for split in SPLITS:
-        labels = np.repeat(np.arange(num_classes), counts[split])
-        labels = labels[rng.permutation(len(labels))]
-        seeds = rng.integers(0, 2**63, size=len(labels))  # one independent stream per video
-        plan += [(split, int(label), int(s)) for label, s in zip(labels, seeds, strict=True)]
-    return plan
-
-
-def _k400_items(rng: np.random.Generator, *, plan: list[tuple[str, int, int]], motions: list[Motion],
-                classes: list[str]) -> list[_Item]:
-    ids: set[str] = set()
-    items = []
-    for split, label, seed in plan:
-        youtube_id = _unique(ids, lambda: "".join(_YOUTUBE_ALPHABET[rng.integers(0, 64, size=11)]))
-        time_start = int(rng.integers(0, 291))
-        time_end = time_start + 10  # real K400 clips are 10 s windows of a YouTube video
-        relpath = f"{split}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
-        row = {"label": classes[label], "youtube_id": youtube_id, "time_start": time_start, "time_end": time_end,
-               "split": split}
-        items.append(_Item(split=split, label=label, motion=motions[label], seed=seed, relpath=relpath, row=row))
-    return items
-
-
-def _ssv2_items(rng: np.random.Generator, *, plan: list[tuple[str, int, int]], motions: list[Motion],
-                classes: list[str]) -> list[_Item]:
-    ids = rng.choice(SSV2_MAX_ID, size=len(plan), replace=False) + 1
-    items = []
-    for (split, label, seed), video_id in zip(plan, ids, strict=True):
-        template = motions[label].ssv2_template
-        obj = SSV2_OBJECTS[int(rng.integers(len(SSV2_OBJECTS)))]
-        row = {"id": str(int(video_id)), "label": template.replace("[something]", obj).lower(),
-               "template": template, "placeholders": [obj]}
-        items.append(_Item(split=split, label=label, motion=motions[label], seed=seed,
-                           relpath=f"videos/{int(video_id)}.webm", row=row))
-    return items
-
-
-def _unique(seen: set[str], draw: Callable[[], str]) -> str:
-    value = draw()
-    while value in seen:
-        value = draw()
-    seen.add(value)
-    return value
-
-
-def _plant_corrupt(rng: np.random.Generator, *, root: str, items: list[_Item],
-                   corrupt: dict[str, int]) -> list[CorruptFile]:
-    kinds = [kind for kind in CORRUPT_KINDS for _ in range(corrupt.get(kind, 0))]
-    if not kinds:
-        return []
-    chosen = rng.choice(len(items), size=len(kinds), replace=False)
-    planted = []
-    for kind, index in zip(kinds, chosen, strict=True):
-        item = items[int(index)]
-        path = os.path.join(root, item.relpath)
-        with open(path, "rb") as f:
-            valid = f.read()
-        if kind == "zero":
-            data = b""
-        elif kind == "truncated":  # a download cut short
-            data = valid[: int(len(valid) * 0.4)]
-        else:  # random bytes of the size the real file has
-            data = rng.bytes(len(valid))
-        write_atomic(path, data)
-        planted.append(CorruptFile(path=item.relpath, kind=kind, split=item.split))
-        _log.info("planted %s file %s", kind, item.relpath)
-    return sorted(planted, key=lambda c: c.path)

@@ -1,5 +1,5 @@
 """The files of a generated dataset: videos encoded so that their bytes depend on the seed alone, and the K400 /
-SSv2 annotation files (items: anything with ``split`` and ``row``, :class:`video_st.synthetic.datasets._Item`)."""
+SSv2 annotation files (items: anything with ``split`` and ``row``, :class:`video_st.synthetic.items.Item`)."""
 
 from __future__ import annotations
 
