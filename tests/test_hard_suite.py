@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from video_st.bench import hard_suite
 from video_st.bench.cli import main as benchmark
@@ -75,6 +76,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     assert _png(saved["plots"]["accuracy"]) and _png(saved["plots"]["foreground"])
     assert "| sparse_tuning | layer 2 |" in printed and "Targets:" in printed
     assert (out / "suite.md").read_text().startswith("Hard suite")
+    assert f"{torch.get_num_threads()} threads: a rerun with both equal" in printed  # what reproduces stage 1
     # the selection probe: every layer of the 4-layer model x both scoring queries, one stage at the keep rate
     probe = saved["selection_probe"]
     assert [(r["layer"], r["score"]) for r in probe] == [(i, s) for i in range(1, 5) for s in ("cls", "mean")]

@@ -171,7 +171,11 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
             if code != 0:
                 out["error"] = f"{name} exited {code} (log: {log}): {_tail(log)}"
                 return out
+        # Float reductions split by the intra-op thread count: the same config retrains to the same bytes only
+        # with the same torch and threads (the training subprocess inherits this process's), so they are kept.
+        write_atomic(os.path.join(folder, "suite_machine.json"), json.dumps(machine_info("cpu")))
         write_atomic(stamp, json.dumps(settings))
+    out["machine"] = _read_json(os.path.join(folder, "suite_machine.json"))
     out.update(run_log_summary(folder))
     return out
 
@@ -355,6 +359,14 @@ def check_targets(rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Sequen
     return out
 
 
+def _trained_with(stage1: Mapping[str, Any]) -> str:
+    machine = stage1.get("machine")
+    if not isinstance(machine, dict):
+        return ""
+    return (f" (torch {machine.get('torch')}, {machine.get('cpu_threads')} threads: a rerun with both equal "
+            f"retrains it bit for bit)")
+
+
 TABLE = ["method", "seeds", "test_top1_pct", "test_top1_pct_std", "mean_class_acc_pct", "mean_class_acc_pct_std",
          "trainable_m", "gflops", "gflops/full", "cpu_clips_s", "cpu_clips_s/full", "fg1_recall",
          "fg1_random_recall", "fg1_precision", "fg1_random_precision"]
@@ -371,7 +383,7 @@ def render(suite: HardSuite, stage1: Mapping[str, Any], rows: Sequence[Mapping[s
              f"{suite.num_classes} classes x ({suite.train_per_class} + {suite.val_per_class}); seeds "
              f"{', '.join(map(str, suite.seeds))})",
              f"stage 1 (pretrain task, full fine-tuning from scratch): best val top-1 "
-             f"{_pct(stage1.get('best_val_top1'))}, backbone {stage1['backbone']}", ""]
+             f"{_pct(stage1.get('best_val_top1'))}, backbone {stage1['backbone']}{_trained_with(stage1)}", ""]
     columns = [c for c in TABLE if c in ("method",) or any(c in r for r in rows)]
     lines += [markdown_table(list(rows), columns), ""]
     stages = [(r["method"], s) for r in rows for s in (r.get("foreground") or [])]
