@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from video_st.bench import hard_suite
+from video_st.bench.hard_diagnosis import VARIANTS
 from video_st.bench.cli import main as benchmark
+from video_st.config import load_config
+from video_st.engine.build import build_model
 
 
 def test_aggregate_means_seeds_with_their_spread_and_ratios_to_full():
@@ -58,7 +61,8 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     out = tmp_path / "hard"
     argv = ["train-methods", "--suite", "hard", "--classes", "4", "--train-per-class", "2", "--val-per-class", "2",
             "--pretrain-epochs", "1", "--epochs", "1", "--methods", "linear,sparse_tuning", "--keep-rates", "0.5",
-            "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1", "--variants", "layers=1+3",
+            "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1",
+            "--variants", "layers=1+3,dense_adapter:form=published",
             "--set", "data.batch_size=4", "--set", "data.num_workers=0"]
     assert benchmark(argv, description="") == 0
     printed = capsys.readouterr().out
@@ -81,7 +85,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     probe = saved["selection_probe"]
     assert [(r["layer"], r["score"]) for r in probe] == [(i, s) for i in range(1, 5) for s in ("cls", "mean")]
     assert all(r["keep_share"] == pytest.approx(first["keep_share"]) for r in probe)
-    (variant,) = saved["variants"]
+    (variant,) = saved["variants"]  # dense_adapter is not among the methods: its variant is not run
     assert variant["variant"] == "layers=1+3" and [s["stage"] for s in variant["foreground"]] == \
         ["layer 1", "layer 3"]
     assert "Selection probe" in printed and "| sparse_tuning | layers=1+3 |" in printed
@@ -111,3 +115,20 @@ def test_suite_refuses_what_it_makes_itself(capsys):
     with pytest.raises(SystemExit):
         benchmark(["train-methods", "--suite", "hard", "--keep-rates", "0.5,1.5"], description="")
     assert "outside (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_builds_at_the_suite_geometry_and_changes_the_model(name):
+    # A typo in a variant's overrides would surface only after an hour of suite; each one is checked here on
+    # the suite's own config: it loads, builds, runs a clip, and is not the method's unchanged model.
+    variant = VARIANTS[name]
+    base = ["model.pretrained=none", f"model.method={variant.method}"]
+    plain = build_model(load_config(hard_suite.TARGET_CONFIG, base))
+    changed = build_model(load_config(hard_suite.TARGET_CONFIG, [*base, *variant.overrides]))
+    clip = torch.randn(2, 3, 8, 64, 64)
+    schedule_only = {"optim.keep_rate_warmup_epochs=3"}  # changes the training, not the model
+    with torch.no_grad():
+        out = changed.eval()(clip)
+        assert out.shape == (2, 8) and torch.isfinite(out).all()
+        if not schedule_only & set(variant.overrides):
+            assert changed.spec != plain.spec

@@ -103,9 +103,10 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     hard.add_argument("--speed-rounds", type=int, default=5, help="timed rounds of the clips/s column (0: none)")
     hard.add_argument("--plot-dir", default="docs", help="where the two plots go")
     hard.add_argument("--variants", default="all",
-                      help="Sparse-Tuning retrained with one change each, first seed: comma-separated names of "
-                           "video_st/bench/hard_diagnosis.VARIANTS ('score=mean', 'fuse=sum', 'warmup=3', "
-                           "'layers=1+3'), 'all' or 'none'")
+                      help="a method retrained with one change each, first seed: comma-separated names of "
+                           "video_st/bench/hard_diagnosis.VARIANTS (Sparse-Tuning: 'score=mean', 'fuse=sum', "
+                           "'warmup=3', 'layers=1+3', 'form=published'; 'dense_adapter:form=published'), 'all' "
+                           "or 'none'")
     hard.add_argument("--no-probe", action="store_true",
                       help="skip the frozen backbone's selection probe (per layer and scoring query)")
     args = parser.parse_args(argv)

@@ -9,9 +9,11 @@ Two parts, both on the suite's stage-1 backbone and target set (video_st/bench/h
   the object's tokens against a random choice of the same count. With a frozen backbone and the adapters at
   zero (as they start), this is the selection Sparse-Tuning begins its training from: a layer or query that
   points at the object here is one the method can use; one at chance is one it has to learn around.
-- **The variants**: Sparse-Tuning trained again (first seed, same budget) with one change each (``VARIANTS``): the
-  mean-query scoring, the authors' code's fusion (``fuse=sum``), a keep-rate warm-up (1.0 to the target over the
-  first epochs), the first reduction a layer earlier. Their rows sit beside Sparse-Tuning's and Dense Adapters' own: top-1, GFLOPs, first-stage recall.
+- **The variants**: a method trained again (first seed, same budget) with one change each (``VARIANTS``).
+  Sparse-Tuning: the mean-query scoring, the authors' code's fusion (``fuse=sum``), a keep-rate warm-up (1.0 to
+  the target over the first epochs), the first reduction a layer earlier, the authors' code's Dense Adapter
+  (``dense_adapter_form=published``); Dense Adapters alone with that adapter too. Their rows sit beside
+  Sparse-Tuning's and Dense Adapters' own (the paper's form): top-1, GFLOPs, first-stage recall.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import load_config
@@ -27,12 +29,24 @@ from ..engine.build import build_model
 from .sweeps import Sweep, foreground_fields, run_methods
 from .tables import markdown_table
 
-# name -> config overrides of the Sparse-Tuning run (see the module docstring)
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "score=mean": ("model.score=mean",),
-    "fuse=sum": ("model.fuse=sum",),
-    "warmup=3": ("optim.keep_rate_warmup_epochs=3",),
-    "layers=1+3": ("model.sparse_layers=[1,3]",),  # the first step where the probe says [CLS] looks
+
+
+@dataclass(frozen=True)
+class Variant:
+    method: str
+    overrides: tuple[str, ...]  # of the method's run in the suite
+
+
+# name (``--variants``) -> the run; a bare name changes Sparse-Tuning (see the module docstring)
+VARIANTS: dict[str, Variant] = {
+    "score=mean": Variant(method="sparse_tuning", overrides=("model.score=mean",)),
+    "fuse=sum": Variant(method="sparse_tuning", overrides=("model.fuse=sum",)),
+    "warmup=3": Variant(method="sparse_tuning", overrides=("optim.keep_rate_warmup_epochs=3",)),
+    # the first step where the probe says [CLS] looks
+    "layers=1+3": Variant(method="sparse_tuning", overrides=("model.sparse_layers=[1,3]",)),
+    "form=published": Variant(method="sparse_tuning", overrides=("model.dense_adapter_form=published",)),
+    "dense_adapter:form=published": Variant(method="dense_adapter",
+                                            overrides=("model.dense_adapter_form=published",)),
 }
 SCORES = ("cls", "mean")
 
@@ -58,14 +72,18 @@ def probe_selection(config: str, *, backbone: str, data: str, overrides: Sequenc
 
 
 def run_variants(base: Sweep, names: Sequence[str]) -> list[dict[str, Any]]:
-    """Sparse-Tuning once per variant of ``names`` (keys of VARIANTS), each in a folder of ``base.output_dir`` named after it
-    with ``base``'s settings and the variant's overrides; the rows, with ``variant``."""
+    """Each variant of ``names`` (keys of VARIANTS) whose method is among ``base.methods``, in a folder of
+    ``base.output_dir`` named after it, with ``base``'s settings and the variant's overrides; the rows, with
+    ``variant``."""
     rows = []
     for name in names:
+        variant = VARIANTS[name]
+        if variant.method not in base.methods:
+            continue
         folder = os.path.join(base.output_dir, re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_"))
-        print(f"== Sparse-Tuning variant: {name}", flush=True)
-        sweep = replace(base, methods=["sparse_tuning"], output_dir=folder,
-                        overrides=[*base.overrides, *VARIANTS[name]])
+        print(f"== variant: {variant.method}, {name}", flush=True)
+        sweep = replace(base, methods=[variant.method], output_dir=folder,
+                        overrides=[*base.overrides, *variant.overrides])
         rows += [{**row, "variant": name} for row in run_methods(sweep)]
     return rows
 
@@ -82,10 +100,11 @@ def render_diagnosis(probe: Sequence[Mapping[str, Any]], variants: Sequence[Mapp
             [{**r, "layer": f"{r['layer']}{' *' if r['layer'] in sparse_layers else ''}"} for r in probe],
             ["layer", "score", "keep_share", "recall", "random_recall", "lift", "precision"]))
         lines.append("")
-    base = [{**r, "variant": "(as published)" if r["method"] == "sparse_tuning" else "(no sparsification)"}
+    base = [{**r, "variant": "(the suite's row)"}
             for r in first if r["method"] in ("sparse_tuning", "dense_adapter") and not r.get("error")]
     if variants:
-        lines += ["Sparse-Tuning variants (first seed, the same budget; one change each):", ""]
+        lines += ["Variants (first seed, the same budget; one change each; the suite's rows: the paper's Dense "
+                  "Adapter, Sparse-Tuning's published settings):", ""]
         table = [{"method": r["method"], "variant": r["variant"], "test_top1_pct": r.get("test_top1_pct"),
                   "gflops": r.get("gflops"), "fg1_recall": r.get("fg1_recall"),
                   "fg1_random_recall": r.get("fg1_random_recall"), "error": r.get("error")}

@@ -67,7 +67,7 @@ class HardSuite:
     speed_rounds: int = 5  # interleaved timed rounds of the clips/s column (0: no column)
     timeout: float | None = None  # seconds per training or test run
     plot_dir: str | None = "docs"  # hard_accuracy_vs_gflops.png, hard_foreground.png (None: OUTPUT_DIR)
-    variants: Sequence[str] = tuple(VARIANTS)  # Sparse-Tuning retrained with each (first seed); () none
+    variants: Sequence[str] = tuple(VARIANTS)  # a method retrained with each (first seed); () none
     probe: bool = True  # the frozen backbone's selection per layer and scoring query
 
     def all_methods(self) -> list[str]:
@@ -93,8 +93,8 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
     keep_rows = keep_rate_sweep(suite, backbone, data["target"], [m for m in KEEP_RATE_METHODS if m in methods])
     first = per_seed[suite.seeds[0]]
     probe = selection_probe(suite, stage1, data["target"]) if suite.probe else []
-    variants = run_variants(_sweep(suite, ["sparse_tuning"], backbone, data["target"], seed=suite.seeds[0],
-                                   folder="variants"), suite.variants) if "sparse_tuning" in methods else []
+    variants = run_variants(_sweep(suite, methods, backbone, data["target"], seed=suite.seeds[0],
+                                   folder="variants"), suite.variants)
     speed = cpu_speed(suite, first, data["target"]) if suite.speed_rounds > 0 else {}
     rows = aggregate(per_seed, speed)
     curves = keep_curves(first, keep_rows)
