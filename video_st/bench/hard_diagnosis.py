@@ -30,7 +30,6 @@ from .sweeps import Sweep, foreground_fields, run_methods
 from .tables import markdown_table
 
 
-
 @dataclass(frozen=True)
 class Variant:
     method: str
