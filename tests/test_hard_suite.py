@@ -52,6 +52,18 @@ def test_targets_are_judged_from_the_rows():
     assert "0.64 of the GFLOPs" in verdicts["Sparse-Tuning2"]["detail"]
 
 
+def test_equal_gflops_verdicts_compare_first_seed_runs():
+    # The curves hold first-seed runs; the row holds the mean over seeds (65%). The verdict must set EViT's curve
+    # (60% at 0.7 GFLOPs) against Sparse-Tuning's first-seed point (58%), not against the mean.
+    rows = [{"method": "sparse_tuning", "test_top1_pct": 65.0, "gflops": 0.7, "keep_rates": [0.7, 0.7]}]
+    curves = {"sparse_tuning": [[0.5, 0.6, 50.0, None], [0.7, 0.7, 58.0, None]],
+              "evit": [[0.5, 0.6, 50.0, None], [1.0, 0.8, 70.0, None]]}
+    (verdict,) = hard_suite.check_targets(rows, curves)
+    assert verdict["met"] is False and verdict["value"] == pytest.approx(-2.0)
+    assert "first seed" in verdict["detail"] and "60.0% (interpolated on its keep-rate curve) vs 58.0%" in \
+        verdict["detail"]
+
+
 def _png(path) -> bool:
     with open(path, "rb") as f:
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
