@@ -104,12 +104,10 @@ def render_diagnosis(probe: Sequence[Mapping[str, Any]], variants: Sequence[Mapp
     if variants:
         lines += ["Variants (first seed, the same budget; one change each; the suite's rows: the paper's Dense "
                   "Adapter, Sparse-Tuning's published settings):", ""]
-        table = [{"method": r["method"], "variant": r["variant"], "test_top1_pct": r.get("test_top1_pct"),
-                  "gflops": r.get("gflops"), "fg1_recall": r.get("fg1_recall"),
-                  "fg1_random_recall": r.get("fg1_random_recall"), "error": r.get("error")}
-                 for r in [*base, *variants]]
         columns = ["method", "variant", "test_top1_pct", "gflops", "fg1_recall", "fg1_random_recall"]
-        if any(r["error"] for r in table):
+        # absent, not None, where a method has no such figure (Dense Adapters keep every token): a blank cell
+        table = [{k: r[k] for k in [*columns, "error"] if r.get(k) is not None} for r in [*base, *variants]]
+        if any(r.get("error") for r in table):
             columns.append("error")
         lines.append(markdown_table(table, columns))
         lines.append("")
