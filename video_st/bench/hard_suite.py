@@ -35,7 +35,7 @@ import torch
 from ..config import load_config
 from ..engine import multiview as tester
 from ..engine.build import eval_dataset, read_split
-from ..fileio import write_atomic
+from ..fileio import sha256_file, write_atomic
 from ..models.methods import list_methods
 from ..synthetic.datasets import make_hard_style
 from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, run_variants
@@ -181,10 +181,10 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
 
 
 def selection_probe(suite: HardSuite, stage1: Mapping[str, Any], data: str) -> list[dict[str, Any]]:
-    """bench/hard_diagnosis.probe_selection on the stage-1 backbone (reused while stage 1 and the settings are
-    unchanged: OUTPUT_DIR/selection_probe.json)."""
-    settings = {"stage1": stage1["settings"], "data": data, "target": _data_settings(suite, "target"),
-                "overrides": list(suite.overrides)}
+    """bench/hard_diagnosis.probe_selection on the stage-1 backbone (reused while the backbone's bytes and the
+    settings are unchanged: OUTPUT_DIR/selection_probe.json)."""
+    settings = {"stage1": stage1["settings"], "backbone": sha256_file(stage1["backbone"]), "data": data,
+                "target": _data_settings(suite, "target"), "overrides": list(suite.overrides)}
     path = os.path.join(suite.output_dir, "selection_probe.json")
     done = _read_json(path)
     if isinstance(done, dict) and done.get("settings") == settings:
