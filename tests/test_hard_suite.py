@@ -74,7 +74,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     argv = ["train-methods", "--suite", "hard", "--classes", "4", "--train-per-class", "2", "--val-per-class", "2",
             "--pretrain-epochs", "1", "--epochs", "1", "--methods", "linear,sparse_tuning", "--keep-rates", "0.5",
             "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1",
-            "--variants", "layers=1+3,dense_adapter:form=published",
+            "--variants", "layers=1+3,dense_adapter:form=published", "--seeds", "0,1", "--variant-seeds", "0,1",
             "--set", "data.batch_size=4", "--set", "data.num_workers=0"]
     assert benchmark(argv, description="") == 0
     printed = capsys.readouterr().out
@@ -98,6 +98,9 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     assert [(r["layer"], r["score"]) for r in probe] == [(i, s) for i in range(1, 5) for s in ("cls", "mean")]
     assert all(r["keep_share"] == pytest.approx(first["keep_share"]) for r in probe)
     (variant,) = saved["variants"]  # dense_adapter is not among the methods: its variant is not run
+    assert variant["seeds"] == 2 and "test_top1_pct_std" in variant  # over both seeds, as asked
+    assert [len(v) for v in saved["variants_per_seed"].values()] == [1, 1]
+    assert (out / "variants_seed1" / "layers_1_3" / "sparse_tuning" / "test" / "summary.json").is_file()
     assert variant["variant"] == "layers=1+3" and [s["stage"] for s in variant["foreground"]] == \
         ["layer 1", "layer 3"]
     assert "Selection probe" in printed and "| sparse_tuning | layers=1+3 |" in printed
@@ -127,6 +130,9 @@ def test_suite_refuses_what_it_makes_itself(capsys):
     with pytest.raises(SystemExit):
         benchmark(["train-methods", "--suite", "hard", "--keep-rates", "0.5,1.5"], description="")
     assert "outside (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark(["train-methods", "--suite", "hard", "--seeds", "0", "--variant-seeds", "0,1"], description="")
+    assert exit_info.value.code == 2 and "each must be one of --seeds 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

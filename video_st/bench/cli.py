@@ -107,6 +107,9 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
                            "video_st/bench/hard_diagnosis.VARIANTS (Sparse-Tuning: 'score=mean', 'fuse=sum', "
                            "'warmup=3', 'layers=1+3', 'form=published'; 'dense_adapter:form=published'), 'all' "
                            "or 'none'")
+    hard.add_argument("--variant-seeds", default="",
+                      help="comma-separated seeds of --seeds the variants run on (default: the first); their "
+                           "rows are then the mean +- std beside the suite's rows over the same seeds")
     hard.add_argument("--no-probe", action="store_true",
                       help="skip the frozen backbone's selection probe (per layer and scoring query)")
     args = parser.parse_args(argv)
@@ -158,6 +161,10 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
     keep_rates = _numbers(parser, "--keep-rates", args.keep_rates, float)
     if not seeds:
         parser.error("--seeds: give at least one seed")
+    variant_seeds = _numbers(parser, "--variant-seeds", args.variant_seeds, int)
+    if set(variant_seeds) - set(seeds):
+        parser.error(f"--variant-seeds {args.variant_seeds}: each must be one of --seeds {args.seeds} (the "
+                     f"variants are set beside those runs)")
     bad = [r for r in keep_rates if not 0 < r <= 1]
     if bad:
         parser.error(f"--keep-rates: {bad} outside (0, 1]")
@@ -179,7 +186,7 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
         num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr_for=lr_for, overrides=args.set,
         speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir, variants=variants,
-        probe=not args.no_probe)
+        variant_seeds=variant_seeds, probe=not args.no_probe)
     return hard_suite.run_suite(suite, args=vars(args))
 
 

@@ -9,7 +9,8 @@ Two parts, both on the suite's stage-1 backbone and target set (video_st/bench/h
   the object's tokens against a random choice of the same count. With a frozen backbone and the adapters at
   zero (as they start), this is the selection Sparse-Tuning begins its training from: a layer or query that
   points at the object here is one the method can use; one at chance is one it has to learn around.
-- **The variants**: a method trained again (first seed, same budget) with one change each (``VARIANTS``).
+- **The variants**: a method trained again (same budget; the first seed, or the suite's ``variant_seeds``, then
+  the mean +- std over them beside the suite's own rows over the same seeds) with one change each (``VARIANTS``).
   Sparse-Tuning: the mean-query scoring, the authors' code's fusion (``fuse=sum``), a keep-rate warm-up (1.0 to
   the target over the first epochs), the first reduction a layer earlier, the authors' code's Dense Adapter
   (``dense_adapter_form=published``); Dense Adapters alone with that adapter too. Their rows sit beside
@@ -88,9 +89,9 @@ def run_variants(base: Sweep, names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def render_diagnosis(probe: Sequence[Mapping[str, Any]], variants: Sequence[Mapping[str, Any]],
-                     first: Sequence[Mapping[str, Any]], *, sparse_layers: Sequence[int]) -> list[str]:
+                     beside: Sequence[Mapping[str, Any]], *, sparse_layers: Sequence[int]) -> list[str]:
     """The report's section: the probe table (the layers Sparse-Tuning reduces at marked) and the variants beside
-    Sparse-Tuning and Dense Adapters of the first seed."""
+    the suite's own rows of ``beside`` (Sparse-Tuning and Dense Adapters over the same seeds as the variants)."""
     lines: list[str] = []
     if probe:
         lines += ["Selection probe: the frozen stage-1 backbone's own top-k choice at one layer (no training; "
@@ -100,13 +101,15 @@ def render_diagnosis(probe: Sequence[Mapping[str, Any]], variants: Sequence[Mapp
             ["layer", "score", "keep_share", "recall", "random_recall", "lift", "precision"]))
         lines.append("")
     base = [{**r, "variant": "(the suite's row)"}
-            for r in first if r["method"] in ("sparse_tuning", "dense_adapter") and not r.get("error")]
+            for r in beside if r["method"] in ("sparse_tuning", "dense_adapter") and not r.get("error")]
     if variants:
-        lines += ["Variants (first seed, the same budget; one change each; the suite's rows: the paper's Dense "
-                  "Adapter, Sparse-Tuning's published settings):", ""]
-        columns = ["method", "variant", "test_top1_pct", "gflops", "fg1_recall", "fg1_random_recall"]
+        lines += ["Variants (the same budget, one change each; seeds: how many runs the mean is over, std where "
+                  ">= 2; the suite's rows: the paper's Dense Adapter, Sparse-Tuning's published settings):", ""]
+        columns = ["method", "variant", "seeds", "test_top1_pct", "test_top1_pct_std", "gflops", "fg1_recall",
+                   "fg1_random_recall"]
         # absent, not None, where a method has no such figure (Dense Adapters keep every token): a blank cell
         table = [{k: r[k] for k in [*columns, "error"] if r.get(k) is not None} for r in [*base, *variants]]
+        columns = [c for c in columns if c in ("method", "variant") or any(c in r for r in table)]
         if any(r.get("error") for r in table):
             columns.append("error")
         lines.append(markdown_table(table, columns))

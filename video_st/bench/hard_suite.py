@@ -67,7 +67,8 @@ class HardSuite:
     speed_rounds: int = 5  # interleaved timed rounds of the clips/s column (0: no column)
     timeout: float | None = None  # seconds per training or test run
     plot_dir: str | None = "docs"  # hard_accuracy_vs_gflops.png, hard_foreground.png (None: OUTPUT_DIR)
-    variants: Sequence[str] = tuple(VARIANTS)  # a method retrained with each (first seed); () none
+    variants: Sequence[str] = tuple(VARIANTS)  # a method retrained with each; () none
+    variant_seeds: Sequence[int] = ()  # of `seeds`, the variants run on; () the first seed
     probe: bool = True  # the frozen backbone's selection per layer and scoring query
 
     def all_methods(self) -> list[str]:
@@ -93,8 +94,13 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
     keep_rows = keep_rate_sweep(suite, backbone, data["target"], [m for m in KEEP_RATE_METHODS if m in methods])
     first = per_seed[suite.seeds[0]]
     probe = selection_probe(suite, stage1, data["target"]) if suite.probe else []
-    variants = run_variants(_sweep(suite, methods, backbone, data["target"], seed=suite.seeds[0],
-                                   folder="variants"), suite.variants)
+    variant_seeds = list(suite.variant_seeds) or [suite.seeds[0]]
+    variants_per_seed = {seed: run_variants(_sweep(suite, methods, backbone, data["target"], seed=seed,
+                                                   folder=_variants_folder(suite, seed)), suite.variants)
+                         for seed in variant_seeds}
+    variants = _with_variants(aggregate(variants_per_seed, {}), variants_per_seed[variant_seeds[0]])
+    beside = aggregate({s: [r for r in per_seed[s] if r["method"] in ("dense_adapter", "sparse_tuning")]
+                        for s in variant_seeds}, {})
     speed = cpu_speed(suite, first, data["target"]) if suite.speed_rounds > 0 else {}
     rows = aggregate(per_seed, speed)
     curves = keep_curves(first, keep_rows)
@@ -108,14 +114,16 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
              f"{', '.join(map(str, suite.seeds))}")
     plot_suite(rows, curves, plots["accuracy"], title)
     plot_foreground(rows, plots["foreground"], title + ": kept foreground tokens per stage")
-    diagnosis = render_diagnosis(probe, variants, first, sparse_layers=_sparse_layers(first))
+    diagnosis = render_diagnosis(probe, variants, beside, sparse_layers=_sparse_layers(first))
     report = render(suite, stage1, rows, curves, verdicts, plots, diagnosis)
     print(report)
-    failed = [r["method"] for rs in [*per_seed.values(), keep_rows, variants] for r in rs if r.get("error")]
+    failed = [r["method"] for rs in [*per_seed.values(), keep_rows, *variants_per_seed.values()] for r in rs
+              if r.get("error")]
     write_atomic(os.path.join(suite.output_dir, "suite.json"), json.dumps(
         {"args": dict(args or {}), "suite": asdict(suite), "machine": machine_info("cpu"), "stage1": stage1,
          "per_seed": {str(k): v for k, v in per_seed.items()}, "keep_rate_sweep": keep_rows, "rows": rows,
          "selection_probe": probe, "variants": variants,
+         "variants_per_seed": {str(k): v for k, v in variants_per_seed.items()},
          "curves": curves, "verdicts": verdicts, "plots": plots, "failed": failed}, indent=1, default=str) + "\n")
     write_atomic(os.path.join(suite.output_dir, "suite.md"), report + "\n")
     if failed:
@@ -194,6 +202,16 @@ def selection_probe(suite: HardSuite, stage1: Mapping[str, Any], data: str) -> l
                            overrides=[f"model.num_classes={suite.num_classes}", *suite.overrides])
     write_atomic(path, json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     return rows
+
+
+def _variants_folder(suite: HardSuite, seed: int) -> str:
+    # the first seed's keeps the name it had when the variants ran on it alone, so those runs stay reusable
+    return "variants" if seed == suite.seeds[0] else f"variants_seed{seed}"
+
+
+def _with_variants(rows: list[dict[str, Any]], named: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    # aggregate() keys rows by position and keeps the method; the variant's name rides along from one seed's rows
+    return [{**row, "variant": one["variant"]} for row, one in zip(rows, named, strict=True)]
 
 
 def _sparse_layers(rows: Sequence[Mapping[str, Any]]) -> list[int]:
