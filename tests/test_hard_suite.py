@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from video_st.bench import hard_suite
+from video_st.bench import hard_results, hard_suite
 from video_st.bench.hard_diagnosis import VARIANTS
 from video_st.bench.cli import main as benchmark
 from video_st.config import load_config
@@ -20,7 +20,7 @@ def test_aggregate_means_seeds_with_their_spread_and_ratios_to_full():
                     {"method": "evit", "test_top1_pct": 50.0, "gflops": 0.5, "fg1_recall": 0.8, "keep_rates": [0.7]}],
                 1: [{"method": "full", "test_top1_pct": 80.0, "gflops": 1.0, "trainable_m": 2.0},
                     {"method": "evit", "error": "training exited 1"}]}
-    rows = {r["method"]: r for r in hard_suite.aggregate(per_seed, {"full": 100.0, "evit": 150.0})}
+    rows = {r["method"]: r for r in hard_results.aggregate(per_seed, {"full": 100.0, "evit": 150.0})}
     assert rows["full"]["test_top1_pct"] == 85.0 and rows["full"]["test_top1_pct_std"] == pytest.approx(7.0711, 1e-4)
     assert rows["full"]["seeds"] == 2 and rows["evit"]["seeds"] == 1  # a failed seed is left out, not a zero
     assert "test_top1_pct_std" not in rows["evit"] and rows["evit"]["fg1_recall"] == 0.8
@@ -33,11 +33,11 @@ def test_keep_curves_and_equal_gflops_interpolation():
              {"method": "linear", "keep_rates": [], "gflops": 1.0, "test_top1_pct": 40.0}]
     sweep = [{"method": "evit", "keep_rate": 1.0, "gflops": 1.0, "test_top1_pct": 70.0},
              {"method": "evit", "keep_rate": 0.3, "gflops": 0.3, "test_top1_pct": 30.0}]
-    curves = hard_suite.keep_curves(first, sweep)
+    curves = hard_results.keep_curves(first, sweep)
     assert set(curves) == {"sparse_tuning", "evit"}
     assert [p[0] for p in curves["evit"]] == [0.3, 0.7, 1.0]
-    assert hard_suite.at_gflops(curves["evit"], 0.7) == pytest.approx(62.5)  # between 0.6 -> 60 and 1.0 -> 70
-    assert hard_suite.at_gflops(curves["evit"], 1.5) is None
+    assert hard_results.at_gflops(curves["evit"], 0.7) == pytest.approx(62.5)  # between 0.6 -> 60 and 1.0 -> 70
+    assert hard_results.at_gflops(curves["evit"], 1.5) is None
 
 
 def test_targets_are_judged_from_the_rows():
@@ -46,7 +46,7 @@ def test_targets_are_judged_from_the_rows():
             {"method": "dense_adapter", "test_top1_pct": 80.0, "gflops": 1.1},
             {"method": "sparse_tuning", "test_top1_pct": 79.5, "gflops": 0.7, "keep_rates": [0.7, 0.7],
              "fg1_recall": 0.85, "fg1_random_recall": 0.7}]
-    verdicts = {v["target"].split(" ")[0] + str(i): v for i, v in enumerate(hard_suite.check_targets(rows, {}))}
+    verdicts = {v["target"].split(" ")[0] + str(i): v for i, v in enumerate(hard_results.check_targets(rows, {}))}
     met = [v["met"] for v in verdicts.values()]
     assert met == [True, True, True, False]  # linear gap 30, best-worst 45, ST -0.5 at 0.64, recall 0.85 < 0.9
     assert "0.64 of the GFLOPs" in verdicts["Sparse-Tuning2"]["detail"]
@@ -58,7 +58,7 @@ def test_equal_gflops_verdicts_compare_first_seed_runs():
     rows = [{"method": "sparse_tuning", "test_top1_pct": 65.0, "gflops": 0.7, "keep_rates": [0.7, 0.7]}]
     curves = {"sparse_tuning": [[0.5, 0.6, 50.0, None], [0.7, 0.7, 58.0, None]],
               "evit": [[0.5, 0.6, 50.0, None], [1.0, 0.8, 70.0, None]]}
-    (verdict,) = hard_suite.check_targets(rows, curves)
+    (verdict,) = hard_results.check_targets(rows, curves)
     assert verdict["met"] is False and verdict["value"] == pytest.approx(-2.0)
     assert "first seed" in verdict["detail"] and "60.0% (interpolated on its keep-rate curve) vs 58.0%" in \
         verdict["detail"]
