@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     import video_st  # noqa: F401  (applies the library fixes before anything else imports)
     from video_st.preprocess.cli import main as run
 
-    return run(argv, description=__doc__)
+    outcome = run(argv, description=__doc__)
+    for line in outcome.lines:
+        print(line)
+    for line in outcome.errors:
+        print(line, file=sys.stderr)
+    return outcome.code
 
 
 if __name__ == "__main__":

@@ -7,10 +7,19 @@ import argparse
 import logging
 import math
 import os
-import sys
+from dataclasses import dataclass, field
 
 from ..errors import VideoSTError
 from . import jobs, run, submit
+
+
+@dataclass
+class Outcome:
+    """What a run ends with; tools/preprocess.py prints it (the summary to stdout, the failures to stderr)."""
+
+    code: int
+    lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 def _parser(description: str) -> argparse.ArgumentParser:
@@ -83,7 +92,7 @@ def _summary_line(spec: jobs.JobSpec, summaries: list[run.ShardSummary], video_l
     return text + (f"; list {video_list}" if video_list else "")
 
 
-def _run_here(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
+def _run_here(spec: jobs.JobSpec, args: argparse.Namespace) -> Outcome:
     from tqdm import tqdm
 
     tqdm.monitor_interval = 0  # no monitor thread: the process pool forks after the bar exists
@@ -102,11 +111,10 @@ def _run_here(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(_summary_line(spec, [summary], summary.video_list))
-    return 0
+    return Outcome(0, [_summary_line(spec, [summary], summary.video_list)])
 
 
-def _submit(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
+def _submit(spec: jobs.JobSpec, args: argparse.Namespace) -> Outcome:
     waves = math.ceil(args.num_shards / max(1, args.array_parallelism)) if args.slurm else 1
     timeout = args.wait_timeout if args.wait_timeout is not None else (args.time * 60 * waves + 600)
     folder = args.submitit_folder or os.path.join(spec.output, ".submitit", "%j")
@@ -123,21 +131,20 @@ def _submit(spec: jobs.JobSpec, args: argparse.Namespace) -> int:
         wait_for_results=not args.no_wait,
     )
     if args.no_wait:
-        print(f"{spec.subcommand}: submitted {args.num_shards} shards as {', '.join(result.job_ids)}")
-        return 0
+        return Outcome(0, [f"{spec.subcommand}: submitted {args.num_shards} shards as {', '.join(result.job_ids)}"])
     video_list = None
     if not result.errors:
         video_list = run.merge(spec, num_shards=args.num_shards)
+    outcome = Outcome(1 if result.errors else 0)
     if result.summaries:
-        print(_summary_line(spec, result.summaries, video_list))
-    for shard, error in sorted(result.errors.items()):
-        print(f"shard {shard}: no result: {error}", file=sys.stderr)
+        outcome.lines.append(_summary_line(spec, result.summaries, video_list))
+    outcome.errors += [f"shard {shard}: no result: {error}" for shard, error in sorted(result.errors.items())]
     if result.errors:
-        print("re-run the same command (finished videos are skipped after verification)", file=sys.stderr)
-    return 1 if result.errors else 0
+        outcome.errors.append("re-run the same command (finished videos are skipped after verification)")
+    return outcome
 
 
-def main(argv: list[str] | None, *, description: str) -> int:
+def main(argv: list[str] | None, *, description: str) -> Outcome:
     """``preprocess.py SUBCOMMAND OPTIONS`` (tools/preprocess.py is the door; its docstring is the help)."""
     parser = _parser(description)
     args = parser.parse_args(argv)
@@ -153,8 +160,7 @@ def main(argv: list[str] | None, *, description: str) -> int:
     try:
         spec = _spec(args)
         if args.subcommand == "merge":
-            print(f"merged: {run.merge(spec, num_shards=args.num_shards)}")
-            return 0
+            return Outcome(0, [f"merged: {run.merge(spec, num_shards=args.num_shards)}"])
         return _submit(spec, args) if submitting else _run_here(spec, args)
     except VideoSTError as err:  # ConfigError, AnnotationError, MergeError ...
         parser.exit(2, f"{parser.prog}: error: {err}\n")
