@@ -9,6 +9,7 @@ except those of a process still running on this host.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -82,22 +83,17 @@ def remove_stale_temporaries(output: str) -> None:
             _log.warning("left %s: its process %d is still running", path, pid)
             continue
         _log.info("removing %s (left by a killed attempt)", path)
-        try:
+        with contextlib.suppress(FileNotFoundError):  # another attempt's cleanup got there first
             remove(path)
-        except FileNotFoundError:
-            pass  # another attempt's cleanup got there first
 
 
 def _running(pid: int, *, since: str) -> bool:
     """Whether ``pid`` is a live process that may have written ``since``: not a zombie (dead, not yet reaped),
     and, where /proc tells, started before ``since`` was last modified (else the pid was reused)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
-    except OSError:
+        with contextlib.suppress(PermissionError):  # another user's process: alive
+            os.kill(pid, 0)
+    except OSError:  # no such process (ProcessLookupError), or the pid cannot be asked
         return False
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
