@@ -40,7 +40,7 @@ from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, run_var
 from .hard_results import KEEP_RATE_METHODS, aggregate, check_targets, keep_curves
 from .measure import inference_model, inference_step, interleaved_timings, machine_info
 from .plots import plot_foreground, plot_suite
-from .sweeps import Sweep, _read_json, _run_logged, _tail, run_log_summary, run_methods
+from .sweeps import Sweep, log_tail, read_json, run_log_summary, run_logged, run_methods
 from .tables import markdown_table
 
 PRETRAIN_CONFIG = "configs/hard/pretrain.yaml"
@@ -133,7 +133,7 @@ def prepare_data(suite: HardSuite, task: str) -> str:
     root = os.path.abspath(os.path.join(suite.output_dir, f"{task}_data"))
     settings = _data_settings(suite, task)
     stamp = os.path.join(suite.output_dir, f"{task}_data.json")
-    if _read_json(stamp) == settings and os.path.isfile(os.path.join(root, "classes.json")):
+    if read_json(stamp) == settings and os.path.isfile(os.path.join(root, "classes.json")):
         return root
     print(f"== data: the hard {task} set -> {root}", flush=True)
     summary = make_hard_style(root, task=task, num_classes=suite.num_classes, train_per_class=suite.train_per_class,
@@ -164,7 +164,7 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
                 "data": _data_settings(suite, "pretrain")}
     stamp = os.path.join(suite.output_dir, "backbone.json")
     out: dict[str, Any] = {"backbone": backbone, "run": folder, "settings": settings}
-    if not (_read_json(stamp) == settings and os.path.isfile(backbone)):
+    if not (read_json(stamp) == settings and os.path.isfile(backbone)):
         print(f"== stage 1: pretraining the backbone -> {folder}", flush=True)
         os.makedirs(folder, exist_ok=True)
         steps = [("train", [sys.executable, "tools/train_net.py", "--config", PRETRAIN_CONFIG, *overrides]),
@@ -172,15 +172,15 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
                               backbone, *geometry])]
         for name, cmd in steps:
             log = os.path.join(folder, f"suite_{name}.log")
-            code, out[f"{name}_s"] = _run_logged(cmd, log, suite.timeout)
+            code, out[f"{name}_s"] = run_logged(cmd, log, suite.timeout)
             if code != 0:
-                out["error"] = f"{name} exited {code} (log: {log}): {_tail(log)}"
+                out["error"] = f"{name} exited {code} (log: {log}): {log_tail(log)}"
                 return out
         # Float reductions split by the intra-op thread count: the same config retrains to the same bytes only
         # with the same torch and threads (the training subprocess inherits this process's), so they are kept.
         write_atomic(os.path.join(folder, "suite_machine.json"), json.dumps(machine_info("cpu")))
         write_atomic(stamp, json.dumps(settings))
-    out["machine"] = _read_json(os.path.join(folder, "suite_machine.json"))
+    out["machine"] = read_json(os.path.join(folder, "suite_machine.json"))
     out.update(run_log_summary(folder))
     return out
 
@@ -191,7 +191,7 @@ def selection_probe(suite: HardSuite, stage1: Mapping[str, Any], data: str) -> l
     settings = {"stage1": stage1["settings"], "backbone": sha256_file(stage1["backbone"]), "data": data,
                 "target": _data_settings(suite, "target"), "overrides": list(suite.overrides)}
     path = os.path.join(suite.output_dir, "selection_probe.json")
-    done = _read_json(path)
+    done = read_json(path)
     if isinstance(done, dict) and done.get("settings") == settings:
         return done["rows"]
     print("== selection probe: the frozen backbone's top-k choice per layer", flush=True)

@@ -122,8 +122,9 @@ def input_digests(backbone: str, data: str) -> dict[str, str | None]:
     """SHA-256 of what a run reads besides its config: the backbone file and the annotation files. The paths
     alone would let ``skip_done`` reuse a run whose backbone was retrained or whose data was regenerated in place
     (the hard suite does both when its settings change); None for a missing file (the run then fails itself)."""
+    annotations = os.path.join(os.path.abspath(data), "annotations")
     files = {"backbone": os.path.abspath(backbone),
-             **{split: os.path.join(os.path.abspath(data), "annotations", f"{split}.csv") for split in ("train", "val")}}
+             **{split: os.path.join(annotations, f"{split}.csv") for split in ("train", "val")}}
     return {name: sha256_file(path) if os.path.isfile(path) else None for name, path in files.items()}
 
 
@@ -137,7 +138,7 @@ def method_row(sweep: Sweep, method: str, *, lr: float, epochs: int, common: Seq
     row: dict[str, Any] = {"method": method, "lr": lr, "epochs": epochs}
     checkpoint = os.path.join(folder, "model_final.pt") if sweep.test_checkpoint == "final" else None
     test_dir = os.path.join(folder, "test")
-    done = sweep.skip_done and _read_json(os.path.join(folder, "benchmark_settings.json")) == settings \
+    done = sweep.skip_done and read_json(os.path.join(folder, "benchmark_settings.json")) == settings \
         and os.path.exists(os.path.join(test_dir, "summary.json"))
     if not done:
         _prepare_run_dir(folder)
@@ -148,19 +149,19 @@ def method_row(sweep: Sweep, method: str, *, lr: float, epochs: int, common: Seq
                   + (["--checkpoint", checkpoint] if checkpoint else []))]
         for what, name, cmd in steps:
             log = os.path.join(folder, f"{name}.log")
-            code, row[f"{name}_s"] = _run_logged([sys.executable, *cmd], log, sweep.timeout)
+            code, row[f"{name}_s"] = run_logged([sys.executable, *cmd], log, sweep.timeout)
             if code != 0:
-                row["error"] = f"{what} exited {code} (log: {folder}/{name}.log): {_tail(log)}"
+                row["error"] = f"{what} exited {code} (log: {folder}/{name}.log): {log_tail(log)}"
                 break
         else:
             write_atomic(os.path.join(folder, "benchmark_settings.json"), json.dumps(settings, indent=1))
     else:
-        previous = _read_json(os.path.join(folder, "benchmark_row.json")) or {}
+        previous = read_json(os.path.join(folder, "benchmark_row.json")) or {}
         row.update({k: previous[k] for k in ("train_s", "test_s") if k in previous})
     if "error" not in row:
-        row.update(summary_fields(_read_json(os.path.join(test_dir, "summary.json")) or {}))
+        row.update(summary_fields(read_json(os.path.join(test_dir, "summary.json")) or {}))
         row.update(run_log_summary(folder))
-        classes = _read_json(os.path.join(folder, "classes.json"))
+        classes = read_json(os.path.join(folder, "classes.json"))
         row["num_classes"] = len(classes) if isinstance(classes, list) else None
         try:
             cfg = load_config(sweep.config, overrides)
@@ -263,7 +264,7 @@ def foreground_fields(model: Any, cfg: Any) -> dict[str, Any]:
     return out
 
 
-def _run_logged(cmd: list[str], log_path: str, timeout: float | None) -> tuple[int, float]:
+def run_logged(cmd: list[str], log_path: str, timeout: float | None) -> tuple[int, float]:
     """Run ``cmd`` from the repository root with stdout and stderr into ``log_path``; (exit code, seconds)."""
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
@@ -277,7 +278,7 @@ def _run_logged(cmd: list[str], log_path: str, timeout: float | None) -> tuple[i
     return code, time.perf_counter() - start
 
 
-def _tail(path: str, lines: int = 2) -> str:
+def log_tail(path: str, lines: int = 2) -> str:
     """The last lines of a log, on one line (the whole log stays in the run folder)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -286,7 +287,7 @@ def _tail(path: str, lines: int = 2) -> str:
         return ""
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
