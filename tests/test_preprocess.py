@@ -655,6 +655,7 @@ def test_cli_usage_and_config_errors_exit_2(videos, tmp_path, capsys):
         (["frames", "--input", bad, "--output", tmp_path], "bad.txt:2"),
         (["scan", "--input", tmp_path / "nothing", "--output", tmp_path], "input not found"),
         (["merge", "frames", "--input", videos, "--output", tmp_path, "--num-shards", 2], "shard lists missing"),
+        (["merge", "scan", "--input", videos, "--output", tmp_path], "give --num-shards N"),
     ]:
         with pytest.raises(SystemExit) as info:
             _main(argv)

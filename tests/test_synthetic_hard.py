@@ -4,6 +4,7 @@ object in the decoded pixels, classes that differ only in the order of their mot
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,31 @@ def test_pretrain_task_moves_every_sprite_with_the_class_and_turns_whatever_the_
         back_frames, back_mask = render_hard(back_scene, back)
         assert back.name in names
         assert np.array_equal(back_frames, frames[::-1]) and np.array_equal(back_mask, mask[::-1])
+
+
+def test_pretrain_object_task_moves_the_object_alone():
+    """pretrain_object: the same classes and turns, but the distractors ride on the background as in the target
+    task: the mask is the object's alone, every distractor pixel is the same whatever the class, and the
+    reversal is exact."""
+    scene = sample_hard_scene(np.random.default_rng(3), height=SIZE, width=SIZE, num_frames=FRAMES, distractors=3)
+    solo = hard_classes("pretrain_object", num_classes=8)
+    assert [c.name for c in solo] == [c.name for c in hard_classes("pretrain", num_classes=8)]
+    for cls in solo:
+        frames, mask = render_hard(scene, cls)
+        empty, _ = render_hard(scene, cls, show_object=False)
+        # the object's pixels only, not the distractors': its whole area on every frame, and all the pixels
+        # the object changes (measured from the rendered frames)
+        area = (render_hard(replace(scene, distractors=(), distractor_paths=scene.distractor_paths[:0]),
+                            cls)[1]).sum(axis=(1, 2))
+        assert np.array_equal(mask.sum(axis=(1, 2)), area) and area.min() > 0
+        assert not np.any((frames != empty).any(-1) & ~mask)
+        assert np.array_equal(empty, render_hard(scene, solo[0], show_object=False)[0])  # no class without it
+        assert np.any(frames != empty)
+        back_scene, back = reverse_video(scene, cls)
+        back_frames, back_mask = render_hard(back_scene, back)
+        assert back in solo and np.array_equal(back_frames, frames[::-1]) and np.array_equal(back_mask, mask[::-1])
+    grouped, _ = render_hard(scene, HardClass("right"), show_object=False)
+    assert not np.array_equal(grouped, render_hard(scene, HardClass("left"), show_object=False)[0])
 
 
 def test_same_seed_same_bytes_and_corrupt_files_keep_their_masks(pair, tmp_path):

@@ -155,6 +155,9 @@ def main(argv: list[str] | None, *, description: str) -> Outcome:
         parser.error("--num-shards must be at least 1")
     if submitting and args.shard is not None:
         parser.error("--slurm / --submitit-local run every shard: leave out --shard")
+    if args.subcommand == "merge" and args.num_shards == 1:
+        # an unsharded job writes its list itself: nothing to merge, and "merged" would name a list nobody joined
+        parser.error("merge joins the lists of a sharded job: give --num-shards N, the N its shards ran with")
     if args.subcommand != "merge" and not submitting and args.num_shards > 1 and args.shard is None:
         parser.error("--shard is required with --num-shards > 1 (or use --slurm / --submitit-local)")
     try:

@@ -116,8 +116,9 @@ def make_dataset(
       (:mod:`.hard`). ``task="target"``: "moving right then up", "moving up then right", ... (8: perpendicular
       directions in both orders, told apart only by their order); ``task="pretrain"``: "moving left first", ...
       "moving up-right first" (8: the direction of the first half; every sprite moves with it, then turns by the
-      video's own rotation). ``show_object=False`` writes the same videos without the object (a control with no
-      class left in it; the masks stay).
+      video's own rotation); ``task="pretrain_object"``: the same classes, the object alone moving with them (the
+      distractors ride on the background). ``show_object=False`` writes the same videos without the object (a
+      control with no class left in it; the masks stay).
       ``make_hard_style`` has its defaults: 8 classes x (128 + 16) videos of 16 frames of 64 x 64.
 
     ``corrupt`` maps kind -> count ("zero", "truncated", "garbage"), planted among train and val videos.

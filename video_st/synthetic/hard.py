@@ -20,6 +20,11 @@ on screen and its position at any frame is uniform whatever the class.
   backbone pre-trained on it must adapt to tell "right then up" from "right then down". (A pretrain task of
   straight motions left the order of the target task unlearnable by the adapter methods: their features of a turn
   were those of the net displacement, which both orders share.)
+- ``task="pretrain_object"``: the pretrain task's classes and turns, but only the object moves with them; the
+  distractors ride on the panning background as in the target task. A backbone trained on it must find the one
+  sprite that moves on its own, so its [CLS] learns to look at the object, as an image-pretrained ViT's [CLS]
+  looks at the salient object; the group-motion backbone's [CLS] has no reason to (every sprite carries the
+  class there), and a token selection scored by its attention misses the target task's object.
 
 What is drawn independently of the class (:func:`sample_hard_scene` takes no class): the object's shape
 (square or disc), size, colour (random hue, brighter than the background), start and speed; the distractors
@@ -28,7 +33,7 @@ exact copy), their places and wobble; the background texture (periodic low-pass 
 its pan (random direction, up to ``PAN_SPEED`` of the frame per frame). So in the target task every single frame
 has the same distribution whatever the class. The object is drawn last, on top: its ground-truth mask
 (:func:`render_hard`, written by the dataset as ``*_masks.npz``: :mod:`.masks`) is exactly the pixels it covers
-(pretrain task: every sprite's, as all of them move with the class).
+(pretrain task: every sprite's, as all of them move with the class; pretrain_object: the object's).
 
 All motion is on a grid of 1/16 pixel and the turn at a multiple of 1/2 frame, so positions are exact in float64
 and a reversed video is pixel-identical to the reversal (the tests check it).
@@ -43,7 +48,7 @@ import numpy as np
 
 from .scenes import _bright_colour, _paste, _stamp
 
-TASKS = ("target", "pretrain")
+TASKS = ("target", "pretrain", "pretrain_object")
 
 # (dy, dx), y grows downwards.
 UNITS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0),
@@ -66,7 +71,7 @@ OBJECT_SIZE = (0.14, 0.20)
 OBJECT_SPEED = (0.022, 0.034)  # per frame, along the motion (diagonals: the same speed, not per axis)
 JITTER = 0.006  # distractor step per axis, uniform in [-JITTER, JITTER]
 PAN_SPEED = 0.01
-DISTRACTORS = {"target": 3, "pretrain": 5}  # per task, the dataset's default
+DISTRACTORS = {"target": 3, "pretrain": 5, "pretrain_object": 3}  # per task, the dataset's default
 GRID = 16  # positions and velocities are multiples of 1 / GRID pixel (exact arithmetic)
 
 
@@ -77,6 +82,7 @@ class HardClass:
 
     first: str
     second: str | None = None  # None: a pretrain class (the second motion is the video's: HardScene.turn)
+    group: bool = True  # a pretrain class: every sprite moves with it (False: the object alone, pretrain_object)
 
     @property
     def name(self) -> str:
@@ -88,6 +94,11 @@ class HardClass:
         if self.second is None:
             raise ValueError("a pretrain class's reversal depends on the video's turn: use reverse_video")
         return HardClass(OPPOSITE[self.second], OPPOSITE[self.first])
+
+    @property
+    def moves_group(self) -> bool:
+        """Every sprite moves with the class (the pretrain task); else the distractors ride on the background."""
+        return self.second is None and self.group
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,7 @@ def hard_classes(task: str, *, num_classes: int) -> list[HardClass]:
         raise ValueError(f"num_classes must be in 2..{MAX_HARD_CLASSES} for the hard style, got {num_classes}")
     if task == "target":
         return [HardClass(a, b) for a, b in TARGET_TURNS[:num_classes]]
-    return [HardClass(d) for d in PRETRAIN_DIRECTIONS[:num_classes]]
+    return [HardClass(d, group=task == "pretrain") for d in PRETRAIN_DIRECTIONS[:num_classes]]
 
 
 def sample_hard_scene(rng: np.random.Generator, *, height: int, width: int, num_frames: int,
@@ -193,7 +204,7 @@ def render_hard(scene: HardScene, cls: HardClass, *, show_object: bool = True) -
     mask = np.zeros((scene.num_frames, height, width), dtype=bool)
     path = object_path(scene, cls)
     stamp = _stamp(scene.sprite.kind, scene.sprite.size)
-    group = cls.second is None  # pretrain: every sprite moves as the object does, each at its own speed
+    group = cls.moves_group  # pretrain: every sprite moves as the object does, each at its own speed
     paths = [_two_motions(scene.distractor_paths[d, 0], scene.distractor_speeds[d], motions(scene, cls),
                           scene.num_frames) if group else None for d in range(len(scene.distractors))]
     for t in range(scene.num_frames):
@@ -217,10 +228,15 @@ def reverse_video(scene: HardScene, cls: HardClass) -> tuple[HardScene, HardClas
     last = scene.num_frames - 1
     end = object_path(scene, cls)[-1]
     pan_end = tuple(scene.pan_start[i] + scene.pan_velocity[i] * last for i in (0, 1))
-    if cls.second is not None:
-        return replace(scene, start=(float(end[0]), float(end[1])), pan_start=pan_end,
+    if not cls.moves_group:
+        back = replace(scene, start=(float(end[0]), float(end[1])), pan_start=pan_end,
                        pan_velocity=(-scene.pan_velocity[0], -scene.pan_velocity[1]),
-                       distractor_paths=scene.distractor_paths[:, ::-1].copy()), cls.reversed()
+                       distractor_paths=scene.distractor_paths[:, ::-1].copy())
+        if cls.second is not None:
+            return back, cls.reversed()
+        # pretrain_object: "first d1 then d2" backwards is "first opposite(d2) then opposite(d1)", the turn undone
+        return replace(back, turn=-scene.turn % len(COMPASS)), HardClass(OPPOSITE[motions(scene, cls)[1]],
+                                                                        group=False)
     # pretrain: "first d1 then d2" backwards is "first opposite(d2) then opposite(d1)", the turn undone; the
     # distractors' paths (group motion) start where they ended
     first, second = motions(scene, cls)
