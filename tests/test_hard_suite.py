@@ -150,14 +150,3 @@ def test_every_variant_builds_at_the_suite_geometry_and_changes_the_model(name):
         assert out.shape == (2, 8) and torch.isfinite(out).all()
         if not schedule_only & set(variant.overrides):
             assert changed.spec != plain.spec
-
-
-def test_the_pretrain_task_is_part_of_every_stamp():
-    """--pretrain-task pretrain_object generates stage 1's set with that task, and its settings (in the stamps of
-    the data, stage 1 and the probe) differ from the default's, so a switch never reuses the other backbone."""
-    from video_st.bench.hard_suite import HardSuite, _data_settings
-
-    default, solo = HardSuite(), HardSuite(pretrain_task="pretrain_object")
-    assert _data_settings(default, "pretrain")["task"] == "pretrain"
-    assert _data_settings(solo, "pretrain")["task"] == "pretrain_object"
-    assert _data_settings(solo, "target") == _data_settings(default, "target")

@@ -100,10 +100,6 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     hard.add_argument("--train-per-class", type=int, default=128)
     hard.add_argument("--val-per-class", type=int, default=16, help="the test split")
     hard.add_argument("--pretrain-epochs", type=int, help="stage 1 (default: configs/hard/pretrain.yaml's)")
-    hard.add_argument("--pretrain-task", choices=["pretrain", "pretrain_object"], default="pretrain",
-                      help="stage 1's generated task (video_st/synthetic/hard.py): pretrain (every sprite moves "
-                           "with the class) or pretrain_object (the object alone: a backbone whose [CLS] looks at "
-                           "the object)")
     hard.add_argument("--speed-rounds", type=int, default=5, help="timed rounds of the clips/s column (0: none)")
     hard.add_argument("--plot-dir", default="docs", help="where the two plots go")
     hard.add_argument("--variants", default="all",
@@ -190,7 +186,7 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
         num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr_for=lr_for, overrides=args.set,
         speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir, variants=variants,
-        variant_seeds=variant_seeds, probe=not args.no_probe, pretrain_task=args.pretrain_task)
+        variant_seeds=variant_seeds, probe=not args.no_probe)
     return hard_suite.run_suite(suite, args=vars(args))
 
 

@@ -67,7 +67,6 @@ class HardSuite:
     variants: Sequence[str] = tuple(VARIANTS)  # a method retrained with each; () none
     variant_seeds: Sequence[int] = ()  # of `seeds`, the variants run on; () the first seed
     probe: bool = True  # the frozen backbone's selection per layer and scoring query
-    pretrain_task: str = "pretrain"  # stage 1's generated task: "pretrain" (group motion) or "pretrain_object"
 
     def all_methods(self) -> list[str]:
         return list(self.methods) or list_methods()
@@ -136,10 +135,9 @@ def prepare_data(suite: HardSuite, task: str) -> str:
     stamp = os.path.join(suite.output_dir, f"{task}_data.json")
     if read_json(stamp) == settings and os.path.isfile(os.path.join(root, "classes.json")):
         return root
-    print(f"== data: the hard {settings['task']} set -> {root}", flush=True)
-    summary = make_hard_style(root, task=settings["task"], num_classes=suite.num_classes,
-                              train_per_class=suite.train_per_class, val_per_class=suite.val_per_class,
-                              seed=DATA_SEEDS[task], overwrite=True)
+    print(f"== data: the hard {task} set -> {root}", flush=True)
+    summary = make_hard_style(root, task=task, num_classes=suite.num_classes, train_per_class=suite.train_per_class,
+                              val_per_class=suite.val_per_class, seed=DATA_SEEDS[task], overwrite=True)
     print(summary.describe(), flush=True)
     write_atomic(stamp, json.dumps(settings))
     return root
@@ -147,8 +145,7 @@ def prepare_data(suite: HardSuite, task: str) -> str:
 
 def _data_settings(suite: HardSuite, task: str) -> dict[str, Any]:
     # what the generated set is a function of; part of every later stamp, since a change regenerates it in place
-    return {"task": suite.pretrain_task if task == "pretrain" else task, "num_classes": suite.num_classes,
-            "train_per_class": suite.train_per_class,
+    return {"task": task, "num_classes": suite.num_classes, "train_per_class": suite.train_per_class,
             "val_per_class": suite.val_per_class, "seed": DATA_SEEDS[task]}
 
 
@@ -290,7 +287,7 @@ def render(suite: HardSuite, stage1: Mapping[str, Any], rows: Sequence[Mapping[s
              f"{cfg.test.temporal_views} x {cfg.test.spatial_views} views; "
              f"{suite.num_classes} classes x ({suite.train_per_class} + {suite.val_per_class}); seeds "
              f"{', '.join(map(str, suite.seeds))})",
-             f"stage 1 ({suite.pretrain_task} task, full fine-tuning from scratch): best val top-1 "
+             f"stage 1 (pretrain task, full fine-tuning from scratch): best val top-1 "
              f"{_pct(stage1.get('best_val_top1'))}, backbone {stage1['backbone']}{_trained_with(stage1)}", ""]
     columns = [c for c in TABLE if c in ("method",) or any(c in r for r in rows)]
     lines += [markdown_table(list(rows), columns), ""]

@@ -24,7 +24,9 @@ on screen and its position at any frame is uniform whatever the class.
   distractors ride on the panning background as in the target task. A backbone trained on it must find the one
   sprite that moves on its own, so its [CLS] learns to look at the object, as an image-pretrained ViT's [CLS]
   looks at the salient object; the group-motion backbone's [CLS] has no reason to (every sprite carries the
-  class there), and a token selection scored by its attention misses the target task's object.
+  class there), and a token selection scored by its attention misses the target task's object. Trained from
+  scratch in the hard suite's stage-1 budget it does not learn (one small moving sprite is too little signal);
+  fine-tuned from the group-motion backbone it does (docs/benchmarks.md, "An object-centred backbone").
 
 What is drawn independently of the class (:func:`sample_hard_scene` takes no class): the object's shape
 (square or disc), size, colour (random hue, brighter than the background), start and speed; the distractors
