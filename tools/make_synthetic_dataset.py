@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="plant corrupt videos, e.g. zero:1,truncated:1,garbage:1")
     parser.add_argument("--task", choices=TASKS, help="hard style: target (default), pretrain or "
                         "pretrain_object classes (video_st/synthetic/hard.py)")
-    parser.add_argument("--distractors", type=_non_negative, help="hard style: look-alike distractors (default: target 3, pretrain 5)")
+    parser.add_argument("--distractors", type=_non_negative, help="hard style: look-alike distractors (default: target 3, pretrain 5, pretrain_object 3)")
     parser.add_argument("--no-object", dest="show_object", action="store_false", default=None,
                         help="hard style: the same videos without the object (a control: no class left)")
     parser.add_argument("--overwrite", action="store_true",
