@@ -126,6 +126,8 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     if unknown:
         parser.error(f"--lr-for: unknown methods {unknown}")
     if args.suite:
+        # the suite's long steps announce themselves (bench.hard_diagnosis logs each variant it starts)
+        logging.getLogger("video_st.bench.hard_diagnosis").setLevel(logging.INFO)
         return _hard_suite(parser, args, methods, lr_for)
     args.config = args.config or "configs/tiny_cpu.yaml"
     args.backbone = args.backbone or "outputs/demo/backbone.pt"
@@ -240,9 +242,10 @@ def predict_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     unknown = sorted(set(settings) - set(predict_speed.SETTINGS))
     if unknown:
         parser.error(f"unknown settings {unknown}; known: {sorted(predict_speed.SETTINGS)}")
-    return predict_speed.report(settings=settings, methods=_methods(parser, args.methods), videos=args.videos,
-                                views=args.views, batch_size=args.batch_size, rounds=args.rounds,
-                                threads=args.threads)
+    print(predict_speed.report(settings=settings, methods=_methods(parser, args.methods), videos=args.videos,
+                               views=args.views, batch_size=args.batch_size, rounds=args.rounds,
+                               threads=args.threads))
+    return 0
 
 
 def records_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:

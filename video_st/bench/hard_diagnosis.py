@@ -19,6 +19,7 @@ Two parts, both on the suite's stage-1 backbone and target set (video_st/bench/h
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,8 @@ from ..config import load_config
 from ..engine.build import build_model
 from .sweeps import Sweep, foreground_fields, run_methods
 from .tables import markdown_table
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def run_variants(base: Sweep, names: Sequence[str]) -> list[dict[str, Any]]:
         if variant.method not in base.methods:
             continue
         folder = os.path.join(base.output_dir, re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_"))
-        print(f"== variant: {variant.method}, {name}", flush=True)
+        _log.info("== variant: %s, %s", variant.method, name)
         sweep = replace(base, methods=[variant.method], output_dir=folder,
                         overrides=[*base.overrides, *variant.overrides])
         rows += [{**row, "variant": name} for row in run_methods(sweep)]

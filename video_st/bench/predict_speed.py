@@ -102,19 +102,21 @@ def predict_throughput(setting_name: str, *, methods: Sequence[str], videos: int
 
 
 def report(*, settings: Sequence[str], methods: Sequence[str], videos: int, views: tuple[int, int], batch_size: int,
-           rounds: int, threads: int | None) -> int:
-    """Print one markdown table: per setting and method, videos/s, clips/s and the ratio to ``full``."""
+           rounds: int, threads: int | None) -> str:
+    """One markdown table (with its heading line): per setting and method, videos/s, clips/s and the ratio to
+    ``full``. tools/benchmark.py predict prints it."""
     if threads:
         torch.set_num_threads(threads)
-    print(f"Predictor end to end (decode + {views[0]} x {views[1]} views + model + ensemble), CPU, fp32, "
-          f"{torch.get_num_threads()} threads, batch {batch_size} videos, median of {rounds} interleaved rounds")
-    print("| setting | method | videos | videos/s | clips/s | ratio to full |\n|---|---|---|---|---|---|")
+    lines = [f"Predictor end to end (decode + {views[0]} x {views[1]} views + model + ensemble), CPU, fp32, "
+             f"{torch.get_num_threads()} threads, batch {batch_size} videos, median of {rounds} interleaved rounds",
+             "| setting | method | videos | videos/s | clips/s | ratio to full |", "|---|---|---|---|---|---|"]
     for name in settings:
         rows = predict_throughput(name, methods=methods, videos=videos, temporal_views=views[0],
                                   spatial_views=views[1], batch_size=batch_size, rounds=rounds)
         reference = next((r.videos_s for r in rows if r.method == "full"), None)
         for row in rows:
             ratio = f"{row.videos_s / reference:.2f}x" if reference else "-"
-            print(f"| {name} ({SETTINGS[name].arch}, {SETTINGS[name].num_frames} x {SETTINGS[name].img_size}) | "
-                  f"{row.method} | {row.videos} | {row.videos_s:.3f} | {row.clips_s:.2f} | {ratio} |")
-    return 0
+            lines.append(f"| {name} ({SETTINGS[name].arch}, {SETTINGS[name].num_frames} x "
+                         f"{SETTINGS[name].img_size}) | {row.method} | {row.videos} | {row.videos_s:.3f} | "
+                         f"{row.clips_s:.2f} | {ratio} |")
+    return "\n".join(lines)
