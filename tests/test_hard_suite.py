@@ -75,7 +75,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
             "--pretrain-epochs", "1", "--epochs", "1", "--methods", "linear,sparse_tuning", "--keep-rates", "0.5",
             "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1",
             "--variants", "layers=1+3,dense_adapter:form=published", "--seeds", "0,1", "--variant-seeds", "0,1",
-            "--set", "data.batch_size=4", "--set", "data.num_workers=0"]
+            "--set", "data.batch_size=4", "--set", "data.num_workers=0", "--jobs", "2"]
     assert benchmark(argv, description="") == 0
     printed = capsys.readouterr().out
     saved = json.loads((out / "suite.json").read_text())
@@ -104,6 +104,10 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
     assert variant["variant"] == "layers=1+3" and [s["stage"] for s in variant["foreground"]] == \
         ["layer 1", "layer 3"]
     assert "Selection probe" in printed and "| sparse_tuning | layers=1+3 |" in printed
+    # two runs at once, each with half the threads; the count is part of what a run is (its reuse stamp)
+    assert "== stage 2: 7 runs (2 methods x seeds 0, 1, 1 other keep rates, 2 variant runs), 2 at once" in printed
+    stamp = json.loads((out / "seed1" / "linear" / "benchmark_settings.json").read_text())
+    assert stamp["threads"] == max(1, torch.get_num_threads() // 2)
 
     # A rerun with the same settings trains nothing again (a killed suite resumes where it stopped).
     logs = sorted(out.rglob("train.log")) + [out / "pretrain" / "suite_train.log"]
@@ -133,6 +137,9 @@ def test_suite_refuses_what_it_makes_itself(capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark(["train-methods", "--suite", "hard", "--seeds", "0", "--variant-seeds", "0,1"], description="")
     assert exit_info.value.code == 2 and "each must be one of --seeds 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark(["train-methods", "--suite", "hard", "--jobs", "0"], description="")
+    assert exit_info.value.code == 2 and "--jobs 0: must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

@@ -18,7 +18,7 @@ FORBIDDEN = {
     "video_st.synthetic": {"video_st.models", "video_st.engine", "video_st.preprocess", "deepspeed", *TOOLS_ONLY},
     "video_st.engine": {"video_st.preprocess", "video_st.synthetic", *TOOLS_ONLY},
     "video_st.config": {"video_st.engine", "video_st.data", "video_st.preprocess", "video_st.synthetic", *TOOLS_ONLY},
-    "video_st.errors": TOOLS_ONLY, "video_st.fileio": TOOLS_ONLY,
+    "video_st.errors": TOOLS_ONLY, "video_st.fileio": TOOLS_ONLY, "video_st.procs": TOOLS_ONLY,
     "video_st.compat": TOOLS_ONLY,
     "video_st.bench": {"deepspeed", "video_st.viz"},
     "video_st.viz": {"deepspeed", "video_st.bench"},

@@ -87,6 +87,10 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     parser.add_argument("--flop-clips", type=int, default=8, help="test clips the GFLOPs of input-dependent models average")
     parser.add_argument("--seed", type=int, default=0, help="of the random clip the GFLOPs of static models use")
     parser.add_argument("--timeout", type=float, help="seconds per training or test run")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training runs at once, each with its share of the CPU threads (default 1; 2 on a "
+                             "2-core machine takes about 0.7 of the time; the thread count changes the trained "
+                             "bytes, so it is recorded with each run)")
     parser.add_argument("--skip-done", action="store_true",
                         help="reuse a method's finished run (its test summary and recorded settings match)")
     parser.add_argument("--plot", help="PNG of test top-1 vs GFLOPs (default: docs/methods_accuracy_vs_gflops.png; "
@@ -125,9 +129,9 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     unknown = sorted(set(lr_for) - set(list_methods()))
     if unknown:
         parser.error(f"--lr-for: unknown methods {unknown}")
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: must be >= 1")
     if args.suite:
-        # the suite's long steps announce themselves (bench.hard_diagnosis logs each variant it starts)
-        logging.getLogger("video_st.bench.hard_diagnosis").setLevel(logging.INFO)
         return _hard_suite(parser, args, methods, lr_for)
     args.config = args.config or "configs/tiny_cpu.yaml"
     args.backbone = args.backbone or "outputs/demo/backbone.pt"
@@ -141,7 +145,8 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         methods=methods, config=args.config, backbone=args.backbone, data=args.data,
         output_dir=args.output_dir or "outputs/methods", epochs=args.epochs, lr_for=lr_for, overrides=args.set,
         test_checkpoint=args.test_checkpoint, flop_clips=args.flop_clips, seed=args.seed, timeout=args.timeout,
-        skip_done=args.skip_done, plot=args.plot or "docs/methods_accuracy_vs_gflops.png", out=args.out)
+        skip_done=args.skip_done, plot=args.plot or "docs/methods_accuracy_vs_gflops.png", out=args.out,
+        jobs=args.jobs)
     return sweeps.train_methods(sweep, args=vars(args))
 
 
@@ -188,7 +193,7 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
         num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr_for=lr_for, overrides=args.set,
         speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir, variants=variants,
-        variant_seeds=variant_seeds, probe=not args.no_probe)
+        variant_seeds=variant_seeds, probe=not args.no_probe, jobs=args.jobs)
     return hard_suite.run_suite(suite, args=vars(args))
 
 

@@ -19,7 +19,6 @@ Two parts, both on the suite's stage-1 backbone and target set (video_st/bench/h
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,10 +27,8 @@ from typing import Any
 
 from ..config import load_config
 from ..engine.build import build_model
-from .sweeps import Sweep, foreground_fields, run_methods
+from .sweeps import Sweep, foreground_fields
 from .tables import markdown_table
-
-_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,21 +71,19 @@ def probe_selection(config: str, *, backbone: str, data: str, overrides: Sequenc
     return rows
 
 
-def run_variants(base: Sweep, names: Sequence[str]) -> list[dict[str, Any]]:
-    """Each variant of ``names`` (keys of VARIANTS) whose method is among ``base.methods``, in a folder of
-    ``base.output_dir`` named after it, with ``base``'s settings and the variant's overrides; the rows, with
-    ``variant``."""
-    rows = []
+def variant_sweeps(base: Sweep, names: Sequence[str]) -> list[tuple[str, Sweep]]:
+    """Each variant of ``names`` (keys of VARIANTS) whose method is among ``base.methods``: its name and its
+    sweep, in a folder of ``base.output_dir`` named after it, with ``base``'s settings and the variant's
+    overrides (the suite runs them beside its other runs, bench/sweeps.run_sweeps)."""
+    out = []
     for name in names:
         variant = VARIANTS[name]
         if variant.method not in base.methods:
             continue
         folder = os.path.join(base.output_dir, re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_"))
-        _log.info("== variant: %s, %s", variant.method, name)
-        sweep = replace(base, methods=[variant.method], output_dir=folder,
-                        overrides=[*base.overrides, *variant.overrides])
-        rows += [{**row, "variant": name} for row in run_methods(sweep)]
-    return rows
+        out.append((name, replace(base, methods=[variant.method], output_dir=folder,
+                                  overrides=[*base.overrides, *variant.overrides])))
+    return out
 
 
 def render_diagnosis(probe: Sequence[Mapping[str, Any]], variants: Sequence[Mapping[str, Any]],

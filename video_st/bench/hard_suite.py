@@ -14,6 +14,9 @@ The steps, each reused on a rerun when its recorded settings are unchanged (a ki
 6. why Sparse-Tuning stands where it does (bench/hard_diagnosis.py): the frozen backbone's own selection per layer
    and scoring query (no training), and Sparse-Tuning retrained with one change each (first seed).
 
+The training runs of 3, 4 and 6 share one pool (``stage2``): ``jobs`` of them at once, each with its share of
+the cores (bench/jobs.py); stage 1 runs alone, with all of them.
+
 Then ``OUTPUT/suite.json`` (every row, the aggregate, the command line, the machine), ``OUTPUT/suite.md`` (the
 tables and the verdicts on the targets of issue 18) and two plots: accuracy vs GFLOPs with the keep-rate curves,
 and foreground recall per stage against the random choice.
@@ -36,11 +39,12 @@ from ..engine.build import eval_dataset, read_split
 from ..fileio import sha256_file, write_atomic
 from ..models.methods import list_methods
 from ..synthetic.datasets import make_hard_style
-from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, run_variants
+from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, variant_sweeps
 from .hard_results import KEEP_RATE_METHODS, aggregate, check_targets, keep_curves
 from .measure import inference_model, inference_step, interleaved_timings, machine_info
 from .plots import plot_foreground, plot_suite
-from .sweeps import Sweep, log_tail, read_json, run_log_summary, run_logged, run_methods
+from .jobs import log_tail, run_logged
+from .sweeps import Sweep, read_json, run_log_summary, run_sweeps
 from .tables import markdown_table
 
 PRETRAIN_CONFIG = "configs/hard/pretrain.yaml"
@@ -67,6 +71,7 @@ class HardSuite:
     variants: Sequence[str] = tuple(VARIANTS)  # a method retrained with each; () none
     variant_seeds: Sequence[int] = ()  # of `seeds`, the variants run on; () the first seed
     probe: bool = True  # the frozen backbone's selection per layer and scoring query
+    jobs: int = 1  # stage-2 runs at once, each with its share of the cores (bench/jobs.py); stage 1 runs alone
 
     def all_methods(self) -> list[str]:
         return list(self.methods) or list_methods()
@@ -83,18 +88,10 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
         return 1
     backbone = stage1["backbone"]
     methods = suite.all_methods()
-    per_seed: dict[int, list[dict[str, Any]]] = {}
-    for seed in suite.seeds:
-        print(f"== stage 2, seed {seed}: {len(methods)} methods", flush=True)
-        per_seed[seed] = run_methods(_sweep(suite, methods, backbone, data["target"], seed=seed,
-                                            folder=f"seed{seed}"))
-    keep_rows = keep_rate_sweep(suite, backbone, data["target"], [m for m in KEEP_RATE_METHODS if m in methods])
+    variant_seeds = list(suite.variant_seeds) or [suite.seeds[0]]
+    per_seed, keep_rows, variants_per_seed = stage2(suite, methods, backbone, data["target"], variant_seeds)
     first = per_seed[suite.seeds[0]]
     probe = selection_probe(suite, stage1, data["target"]) if suite.probe else []
-    variant_seeds = list(suite.variant_seeds) or [suite.seeds[0]]
-    variants_per_seed = {seed: run_variants(_sweep(suite, methods, backbone, data["target"], seed=seed,
-                                                   folder=_variants_folder(suite, seed)), suite.variants)
-                         for seed in variant_seeds}
     variants = _with_variants(aggregate(variants_per_seed, {}), variants_per_seed[variant_seeds[0]])
     beside = aggregate({s: [r for r in per_seed[s] if r["method"] in ("dense_adapter", "sparse_tuning")]
                         for s in variant_seeds}, {})
@@ -225,18 +222,41 @@ def _sweep(suite: HardSuite, methods: Sequence[str], backbone: str, data: str, *
                  timeout=suite.timeout, skip_done=True, foreground=True)
 
 
-def keep_rate_sweep(suite: HardSuite, backbone: str, data: str, methods: Sequence[str]) -> list[dict[str, Any]]:
-    """The keep-rate methods trained at each other keep rate (first seed); rows with ``keep_rate``."""
-    rows = []
-    for rate in suite.keep_rates:
-        if not methods:
-            break
-        print(f"== keep-rate sweep: {', '.join(methods)} at keep rate {rate:g}", flush=True)
-        sweep = _sweep(suite, methods, backbone, data, seed=suite.seeds[0], folder=f"keep{rate:g}",
-                       extra=[f"model.keep_rate={rate}"])
-        for row in run_methods(sweep):
-            rows.append({**row, "keep_rate": rate})
-    return rows
+def stage2(suite: HardSuite, methods: Sequence[str], backbone: str, data: str, variant_seeds: Sequence[int]
+           ) -> tuple[dict[int, list[dict[str, Any]]], list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+    """Every training run of stage 2 in one pool (``suite.jobs`` at once, bench/sweeps.run_sweeps): each method
+    per seed, the keep-rate methods at each other keep rate (first seed), the variants per variant seed. The
+    rows per seed, the sweep's rows (with ``keep_rate``), the variants' rows per seed (with ``variant``)."""
+    sweeps: list[Sweep] = []
+    labels: list[tuple[str, Any]] = []  # per sweep: ("seed", seed), ("keep", rate) or ("variant", (seed, name))
+    for seed in suite.seeds:
+        sweeps.append(_sweep(suite, methods, backbone, data, seed=seed, folder=f"seed{seed}"))
+        labels.append(("seed", seed))
+    keep_methods = [m for m in KEEP_RATE_METHODS if m in methods]
+    for rate in suite.keep_rates if keep_methods else ():
+        sweeps.append(_sweep(suite, keep_methods, backbone, data, seed=suite.seeds[0], folder=f"keep{rate:g}",
+                             extra=[f"model.keep_rate={rate}"]))
+        labels.append(("keep", rate))
+    for seed in variant_seeds:
+        base = _sweep(suite, methods, backbone, data, seed=seed, folder=_variants_folder(suite, seed))
+        for name, sweep in variant_sweeps(base, suite.variants):
+            sweeps.append(sweep)
+            labels.append(("variant", (seed, name)))
+    runs = sum(len(s.methods) for s in sweeps)
+    print(f"== stage 2: {runs} runs ({len(methods)} methods x seeds {', '.join(map(str, suite.seeds))}, "
+          f"{len(suite.keep_rates) if keep_methods else 0} other keep rates, "
+          f"{sum(kind == 'variant' for kind, _ in labels)} variant runs), {suite.jobs} at once", flush=True)
+    per_seed: dict[int, list[dict[str, Any]]] = {}
+    keep_rows: list[dict[str, Any]] = []
+    variants: dict[int, list[dict[str, Any]]] = {seed: [] for seed in variant_seeds}
+    for (kind, label), rows in zip(labels, run_sweeps(sweeps, jobs=suite.jobs), strict=True):
+        if kind == "seed":
+            per_seed[label] = rows
+        elif kind == "keep":
+            keep_rows += [{**row, "keep_rate": label} for row in rows]
+        else:
+            variants[label[0]] += [{**row, "variant": label[1]} for row in rows]
+    return per_seed, keep_rows, variants
 
 
 def cpu_speed(suite: HardSuite, rows: Sequence[Mapping[str, Any]], data: str) -> dict[str, float]:

@@ -2,12 +2,14 @@
 
 Each method runs the project's own tools in a subprocess from the repository root (tools/train_net.py with
 --config and model.method=M, then tools/test_net.py on its final model, or its best with test_checkpoint="best"),
-one run folder per method with the tools' output in train.log / test.log. The results are read from what those
+one run folder per method with the tools' output in train.log / test.log; ``jobs`` runs at once, each with its
+share of the cores (bench/jobs.py), the results read in this process as each run ends. The results are read from what those
 runs write (test/summary.json, log.jsonl, classes.json); the GFLOPs are counted on the trained model as the test
 loads it (input-dependent models: the mean over real test clips). Where the data has ground-truth object masks
 (the hard generated style), each reducing method's kept tokens are scored against them per stage
 (``foreground``). Then a JSON of rows, a markdown table beside it and a plot of test top-1 vs GFLOPs (``plots``).
-The hard suite (``hard_suite``) runs sweeps of this module over seeds and keep rates.
+The hard suite (``hard_suite``) runs sweeps of this module over seeds, keep rates and variants in one pool
+(``run_sweeps``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +30,10 @@ from ..fileio import sha256_file, write_atomic
 from ..models.flops import count_params
 from ..synthetic.masks import masks_beside
 from .foreground import foreground_scores
+from .jobs import Outcome, Step, child_env, log_tail, run_chains, threads_per_job
 from .measure import gflops_of, inference_model, is_input_dependent, machine_info, seeded_clip
 from .plots import plot_accuracy_vs_gflops
 from .tables import add_ratios, markdown_table, notes
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # where tools/ lies
 
 COLUMNS = ["method", "lr", "epochs", "trainable_m", "gflops", "gflops/full", "test_top1_pct", "test_top5_pct",
            "mean_class_acc_pct", "best_val_top1_pct", "fg1_recall", "fg1_random_recall", "fg1_precision",
@@ -66,29 +65,46 @@ class Sweep:
     plot: str | None = None  # PNG of test top-1 vs GFLOPs
     out: str | None = None  # JSON of the rows (None: OUTPUT_DIR/methods.json); the table beside it, .md
     foreground: bool = True  # score kept tokens against the test split's masks file, where there is one
+    jobs: int = 1  # runs at once (run_methods), each with its share of the cores (bench/jobs.py)
 
 
 def run_methods(sweep: Sweep) -> list[dict[str, Any]]:
-    """Train and test every method of ``sweep`` (one line each as it finishes); the rows, with ratios to full."""
-    base = load_config(sweep.config, list(sweep.overrides))
-    data = os.path.abspath(sweep.data)
-    common = [f"model.pretrained={os.path.abspath(sweep.backbone)}", f"data.root={data}",
-              f"data.train={os.path.join(data, 'annotations', 'train.csv')}",
-              f"data.val={os.path.join(data, 'annotations', 'val.csv')}", "log.progress=false", *sweep.overrides]
-    if sweep.epochs is not None:
-        common.append(f"optim.epochs={sweep.epochs}")
-    epochs = sweep.epochs or int(base.optim.epochs)
-    inputs = input_digests(sweep.backbone, data)
-    rows = []
-    for method in sweep.methods:
-        lr = sweep.lr_for.get(method, float(base.optim.lr))
-        row = method_row(sweep, method, lr=lr, epochs=epochs, common=common, inputs=inputs)
-        rows.append(row)
-        print(f"[{method}] " + (f"error: {row['error']}" if row.get("error") else
-                                f"test top-1 {row.get('test_top1_pct', float('nan')):.1f}%, {row.get('gflops', 0):.4f} GFLOPs"),
-              flush=True)
-    add_ratios(rows, reference="full", keys=["gflops", "trainable_m"], suffix="full")
-    return rows
+    """Train and test every method of ``sweep``, ``sweep.jobs`` at once (one line each as it finishes); the rows,
+    with ratios to full."""
+    return run_sweeps([sweep], jobs=sweep.jobs)[0]
+
+
+def run_sweeps(sweeps: Sequence[Sweep], *, jobs: int = 1) -> list[list[dict[str, Any]]]:
+    """Every method of every sweep, up to ``jobs`` runs at once (bench/jobs.py: each with its share of the
+    cores); per sweep its rows in method order, with ratios to full. A finished run is reused (``skip_done``)
+    only when it ran with the same thread count too."""
+    threads = threads_per_job(jobs)
+    runs = [[_plan_run(sweep, method, threads=threads) for method in sweep.methods] for sweep in sweeps]
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    todo: dict[str, tuple[int, int]] = {}
+    for i, sweep_runs in enumerate(runs):
+        for j, run in enumerate(sweep_runs):
+            if run.done:
+                rows[i, j] = _finish_row(run, None)
+            else:
+                _prepare_run_dir(run.folder)
+                todo[f"{i}:{run.method}"] = (i, j)
+
+    def started(key: str) -> None:
+        run = runs[todo[key][0]][todo[key][1]]
+        print(f"[{run.method}] training (lr {run.lr}) -> {run.folder}", flush=True)
+
+    def finished(key: str, outcome: Outcome) -> None:
+        rows[todo[key]] = _finish_row(runs[todo[key][0]][todo[key][1]], outcome)
+
+    run_chains({key: runs[i][j].steps for key, (i, j) in todo.items()}, jobs=jobs,
+               env=child_env(threads) if jobs > 1 else None, on_start=started, on_done=finished)
+    out = []
+    for i, sweep_runs in enumerate(runs):
+        sweep_rows = [rows[i, j] for j in range(len(sweep_runs))]
+        add_ratios(sweep_rows, reference="full", keys=["gflops", "trainable_m"], suffix="full")
+        out.append(sweep_rows)
+    return out
 
 
 def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
@@ -128,44 +144,71 @@ def input_digests(backbone: str, data: str) -> dict[str, str | None]:
     return {name: sha256_file(path) if os.path.isfile(path) else None for name, path in files.items()}
 
 
-def method_row(sweep: Sweep, method: str, *, lr: float, epochs: int, common: Sequence[str],
-               inputs: Mapping[str, str | None]) -> dict[str, Any]:
-    """One method: train and test it (or reuse its finished run with ``skip_done``), read the results."""
+@dataclass(frozen=True)
+class _Run:
+    """One method of one sweep: where it runs, what it is (``settings``, the reuse stamp), its steps."""
+    sweep: Sweep
+    method: str
+    lr: float
+    epochs: int
+    folder: str
+    overrides: list[str]
+    settings: dict[str, Any]
+    checkpoint: str | None
+    done: bool  # a finished run with these settings is there (skip_done)
+    steps: list[Step]
+
+
+def _plan_run(sweep: Sweep, method: str, *, threads: int) -> _Run:
+    base = load_config(sweep.config, list(sweep.overrides))
+    data = os.path.abspath(sweep.data)
+    lr = sweep.lr_for.get(method, float(base.optim.lr))
     folder = os.path.abspath(os.path.join(sweep.output_dir, method))
-    overrides = [*common, f"output_dir={folder}", f"model.method={method}", f"optim.lr={lr}"]
+    overrides = [f"model.pretrained={os.path.abspath(sweep.backbone)}", f"data.root={data}",
+                 f"data.train={os.path.join(data, 'annotations', 'train.csv')}",
+                 f"data.val={os.path.join(data, 'annotations', 'val.csv')}", "log.progress=false", *sweep.overrides,
+                 *([f"optim.epochs={sweep.epochs}"] if sweep.epochs is not None else []),
+                 f"output_dir={folder}", f"model.method={method}", f"optim.lr={lr}"]
     settings = {"overrides": overrides, "config": sweep.config, "test_checkpoint": sweep.test_checkpoint,
-                "inputs": dict(inputs)}
-    row: dict[str, Any] = {"method": method, "lr": lr, "epochs": epochs}
+                "inputs": input_digests(sweep.backbone, data), "threads": threads}
     checkpoint = os.path.join(folder, "model_final.pt") if sweep.test_checkpoint == "final" else None
     test_dir = os.path.join(folder, "test")
     done = sweep.skip_done and read_json(os.path.join(folder, "benchmark_settings.json")) == settings \
         and os.path.exists(os.path.join(test_dir, "summary.json"))
-    if not done:
-        _prepare_run_dir(folder)
-        print(f"[{method}] training (lr {lr}) -> {folder}", flush=True)
-        config = ["--config", sweep.config, *overrides]
-        steps = [("training", "train", ["tools/train_net.py", *config, "checkpoint.resume=none"]),
-                 ("test", "test", ["tools/test_net.py", *config, "--output", test_dir]
-                  + (["--checkpoint", checkpoint] if checkpoint else []))]
-        for what, name, cmd in steps:
-            log = os.path.join(folder, f"{name}.log")
-            code, row[f"{name}_s"] = run_logged([sys.executable, *cmd], log, sweep.timeout)
-            if code != 0:
-                row["error"] = f"{what} exited {code} (log: {folder}/{name}.log): {log_tail(log)}"
-                break
-        else:
-            write_atomic(os.path.join(folder, "benchmark_settings.json"), json.dumps(settings, indent=1))
-    else:
+    config = ["--config", sweep.config, *overrides]
+    commands = {"train": ["tools/train_net.py", *config, "checkpoint.resume=none"],
+                "test": ["tools/test_net.py", *config, "--output", test_dir]
+                + (["--checkpoint", checkpoint] if checkpoint else [])}
+    steps = [Step(name=name, cmd=[sys.executable, *cmd], log=os.path.join(folder, f"{name}.log"),
+                  timeout=sweep.timeout) for name, cmd in commands.items()]
+    return _Run(sweep=sweep, method=method, lr=lr, epochs=sweep.epochs or int(base.optim.epochs), folder=folder,
+                overrides=overrides, settings=settings, checkpoint=checkpoint, done=done, steps=steps)
+
+
+def _finish_row(run: _Run, outcome: Outcome | None) -> dict[str, Any]:
+    """A method's row from what its run wrote (``outcome``: the run just ended; None: a finished run reused),
+    with the GFLOPs and foreground scores of the trained model; one line printed."""
+    folder, sweep = run.folder, run.sweep
+    row: dict[str, Any] = {"method": run.method, "lr": run.lr, "epochs": run.epochs}
+    if outcome is None:
         previous = read_json(os.path.join(folder, "benchmark_row.json")) or {}
         row.update({k: previous[k] for k in ("train_s", "test_s") if k in previous})
+    else:
+        row.update({f"{name}_s": seconds for name, seconds in outcome.seconds.items()})
+        if outcome.code != 0:
+            what = {"train": "training"}.get(outcome.failed or "", outcome.failed)
+            log = os.path.join(folder, f"{outcome.failed}.log")
+            row["error"] = f"{what} exited {outcome.code} (log: {log}): {log_tail(log)}"
+        else:
+            write_atomic(os.path.join(folder, "benchmark_settings.json"), json.dumps(run.settings, indent=1))
     if "error" not in row:
-        row.update(summary_fields(read_json(os.path.join(test_dir, "summary.json")) or {}))
+        row.update(summary_fields(read_json(os.path.join(folder, "test", "summary.json")) or {}))
         row.update(run_log_summary(folder))
         classes = read_json(os.path.join(folder, "classes.json"))
         row["num_classes"] = len(classes) if isinstance(classes, list) else None
         try:
-            cfg = load_config(sweep.config, overrides)
-            row.update(trained_model_measures(cfg, checkpoint, sweep.flop_clips, sweep.seed,
+            cfg = load_config(sweep.config, run.overrides)
+            row.update(trained_model_measures(cfg, run.checkpoint, sweep.flop_clips, sweep.seed,
                                               foreground=sweep.foreground))
         except Exception as err:  # a row without GFLOPs is still worth its accuracy
             row["error"] = f"GFLOPs or foreground: {type(err).__name__}: {err}"
@@ -180,6 +223,9 @@ def method_row(sweep: Sweep, method: str, *, lr: float, epochs: int, common: Seq
     if chance and row.get("test_top1") is not None and row["test_top1"] <= 1.5 * chance:
         cells.append("did not learn (top-1 near chance): try --lr-for")
     row["notes"] = "; ".join(cells)
+    print(f"[{run.method}] " + (f"error: {row['error']}" if row.get("error") else
+                                f"test top-1 {row.get('test_top1_pct', float('nan')):.1f}%, "
+                                f"{row.get('gflops', 0):.4f} GFLOPs"), flush=True)
     return row
 
 
@@ -262,29 +308,6 @@ def foreground_fields(model: Any, cfg: Any) -> dict[str, Any]:
         out.update({f"fg{i}_recall": stage.recall, f"fg{i}_random_recall": stage.random_recall,
                     f"fg{i}_precision": stage.precision, f"fg{i}_random_precision": stage.random_precision})
     return out
-
-
-def run_logged(cmd: list[str], log_path: str, timeout: float | None) -> tuple[int, float]:
-    """Run ``cmd`` from the repository root with stdout and stderr into ``log_path``; (exit code, seconds)."""
-    start = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        try:
-            code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            log.write(f"\ntimed out after {timeout} s\n")
-            code = 124
-    return code, time.perf_counter() - start
-
-
-def log_tail(path: str, lines: int = 2) -> str:
-    """The last lines of a log, on one line (the whole log stays in the run folder)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return " // ".join(line.strip() for line in f.readlines()[-lines:] if line.strip())
-    except OSError:
-        return ""
 
 
 def read_json(path: str) -> Any:

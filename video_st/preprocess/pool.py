@@ -9,11 +9,9 @@ Generic (items in, results out); the preprocessing shards use it for ``--workers
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -22,6 +20,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TypeVar
+
+from ..procs import set_parent_death_signal
 
 _log = logging.getLogger(__name__)
 
@@ -94,25 +94,19 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
 # ---------------------------------------------------------------------------------- workers die with the parent
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _WATCH_INTERVAL_S = 0.5
 
 
 def _die_with_parent(parent_pid: int) -> None:
     """Worker initialiser: end this worker when the process that started it (``parent_pid``) dies.
 
-    Why: a pool worker is a plain child process. When the job's main process is killed without running any
-    cleanup (``kill -9``, the OOM killer, a submitit timeout that kills only the job's process), nothing tells
-    the workers: they are re-parented to init, keep taking the items already queued to them and encoding, and a
-    rerun then races them on the same outputs. On Linux the kernel can deliver a signal to a child when its
-    parent dies (``prctl(PR_SET_PDEATHSIG)``): SIGKILL, which needs no cooperation from the worker and works
-    while it is deep in a decoder's C code. The kernel sends it when the *thread* that forked the worker ends;
-    the pool forks its workers from the thread that first submits (the one iterating :func:`imap_isolating`),
-    which outlives the pool. Elsewhere (macOS, BSD) a daemon thread polls ``os.getppid()``, which changes when
-    the parent dies and the worker is re-parented; it needs the GIL, so a worker stuck in C code holding it
-    ends only when that call returns. (Windows never re-parents, so ``getppid`` cannot tell there; the
-    preprocessing jobs run on Linux and macOS.)"""
-    if _set_parent_death_signal(signal.SIGKILL):
+    On Linux the kernel SIGKILLs it (video_st/procs.py says why a job needs this). The kernel sends it when the
+    *thread* that forked the worker ends; the pool forks its workers from the thread that first submits (the
+    one iterating :func:`imap_isolating`), which outlives the pool. Elsewhere (macOS, BSD) a daemon thread polls
+    ``os.getppid()``, which changes when the parent dies and the worker is re-parented; it needs the GIL, so a
+    worker stuck in C code holding it ends only when that call returns. (Windows never re-parents, so
+    ``getppid`` cannot tell there; the preprocessing jobs run on Linux and macOS.)"""
+    if set_parent_death_signal(signal.SIGKILL):
         # The parent may have died between fork() and the prctl() call: then no signal will ever come.
         if os.getppid() != parent_pid:
             os._exit(1)
@@ -120,22 +114,6 @@ def _die_with_parent(parent_pid: int) -> None:
     if os.getppid() != parent_pid:
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="watch-parent", daemon=True).start()
-
-
-def _set_parent_death_signal(sig: int) -> bool:
-    """``prctl(PR_SET_PDEATHSIG, sig)``; False where there is no prctl (not Linux) or the call fails."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return False
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    if prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        _log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-        return False
-    return True
 
 
 def _watch_parent(parent_pid: int) -> None:
