@@ -69,7 +69,7 @@ def _png(path) -> bool:
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
+def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys, caplog):
     out = tmp_path / "hard"
     argv = ["train-methods", "--suite", "hard", "--classes", "4", "--train-per-class", "2", "--val-per-class", "2",
             "--pretrain-epochs", "1", "--epochs", "1", "--methods", "linear,sparse_tuning", "--keep-rates", "0.5",
@@ -105,23 +105,26 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys):
         ["layer 1", "layer 3"]
     assert "Selection probe" in printed and "| sparse_tuning | layers=1+3 |" in printed
     # two runs at once, each with half the threads; the count is part of what a run is (its reuse stamp)
-    assert "== stage 2: 7 runs (2 methods x seeds 0, 1, 1 other keep rates, 2 variant runs), 2 at once" in printed
+    assert "== stage 2: 7 runs (2 methods x seeds 0, 1, 1 other keep rates, 2 variant runs), 2 at once" in caplog.text
     stamp = json.loads((out / "seed1" / "linear" / "benchmark_settings.json").read_text())
     assert stamp["threads"] == max(1, torch.get_num_threads() // 2)
 
     # A rerun with the same settings trains nothing again (a killed suite resumes where it stopped).
     logs = sorted(out.rglob("train.log")) + [out / "pretrain" / "suite_train.log"]
     before = {p: os.path.getmtime(p) for p in logs}
+    caplog.clear()
     assert benchmark(argv, description="") == 0
     assert {p: os.path.getmtime(p) for p in logs} == before
-    again = capsys.readouterr().out
+    again = caplog.text  # the steps' progress lines are logged (stderr), the report printed
+    assert "[linear] test top-1" in again and "Targets:" in capsys.readouterr().out
     assert "] training (" not in again and "== stage 1" not in again and "== selection probe" not in again
 
     # Other data under the same paths (more videos per class): nothing trained on the old set is reused, though
     # every path and override of stage 1 and of the linear run is unchanged.
     smaller = ["--methods", "linear", "--keep-rates", "", "--variants", "none", "--speed-rounds", "0"]
+    caplog.clear()
     assert benchmark([*argv, "--train-per-class", "3", *smaller], description="") == 0
-    redone = capsys.readouterr().out
+    redone = caplog.text
     assert "== data: the hard pretrain set" in redone and "== stage 1" in redone
     assert "[linear] training (" in redone and "== selection probe" in redone
     assert json.loads((out / "suite.json").read_text())["rows"][0]["method"] == "linear"

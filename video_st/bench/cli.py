@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from functools import partial
 
 import torch
@@ -61,8 +62,9 @@ def tables_main(parser: argparse.ArgumentParser, argv: list[str], *, model: bool
         tubelet_size=args.tubelet, num_classes=args.num_classes, batch_size=args.batch, rounds=args.rounds,
         device=args.device, dtype=args.dtype, train=not args.no_train, seed=getattr(args, "seed", 0))
     if model:
-        return tables.model_table(spec, train_reference=args.train_reference, out=args.out, args=vars(args))
-    return tables.methods_table(spec, out=args.out, args=vars(args))
+        print(tables.model_table(spec, train_reference=args.train_reference, out=args.out, args=vars(args)))
+        return 0
+    return _report(*tables.methods_table(spec, out=args.out, args=vars(args)))
 
 
 def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
@@ -118,6 +120,8 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
                       help="skip the frozen backbone's selection probe (per layer and scoring query)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # the runs and the suite's steps as they start and end (bench.sweeps, bench.hard_suite), on stderr
+    logging.getLogger("video_st.bench").setLevel(logging.INFO)
     methods = _methods(parser, args.methods)
     lr_for = {}
     for item in (p for text in args.lr_for for p in text.split(",") if p.strip()):
@@ -147,7 +151,16 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         test_checkpoint=args.test_checkpoint, flop_clips=args.flop_clips, seed=args.seed, timeout=args.timeout,
         skip_done=args.skip_done, plot=args.plot or "docs/methods_accuracy_vs_gflops.png", out=args.out,
         jobs=args.jobs)
-    return sweeps.train_methods(sweep, args=vars(args))
+    return _report(*sweeps.train_methods(sweep, args=vars(args)))
+
+
+def _report(text: str, failed: list[str]) -> int:
+    # a command's end: its tables on stdout, what failed on stderr (exit 1)
+    if text:
+        print(text)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _numbers(parser: argparse.ArgumentParser, flag: str, text: str, kind: type) -> list:
@@ -194,7 +207,7 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr_for=lr_for, overrides=args.set,
         speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir, variants=variants,
         variant_seeds=variant_seeds, probe=not args.no_probe, jobs=args.jobs)
-    return hard_suite.run_suite(suite, args=vars(args))
+    return _report(*hard_suite.run_suite(suite, args=vars(args)))
 
 
 def data_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
@@ -220,14 +233,13 @@ def data_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     from video_st.bench import formats, throughput
 
     if args.only != "pipeline":
-        formats.report(videos=args.format_videos, video_frames=args.video_frames, height=args.height,
-                       width=args.width, grain=args.grain, real=args.real, rounds=args.rounds)
+        print(formats.report(videos=args.format_videos, video_frames=args.video_frames, height=args.height,
+                             width=args.width, grain=args.grain, real=args.real, rounds=args.rounds))
     if args.only == "formats":
         return 0
     options = {k: v for k, v in vars(args).items() if k not in ("real", "format_videos", "only")}
-    return throughput.report(**options)
-
-
+    print(throughput.report(**options))
+    return 0
 
 
 def predict_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
@@ -259,7 +271,8 @@ def records_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from . import records_memory
 
-    return records_memory.report(rows=args.rows, workers=args.workers)
+    print(records_memory.report(rows=args.rows, workers=args.workers))
+    return 0
 
 
 def main(argv: list[str], *, description: str) -> int:

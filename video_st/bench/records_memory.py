@@ -195,8 +195,8 @@ COLUMNS = {"read_s": "read CSV s", "build_s": "into layout s", "main_mb": "recor
            "uss_mb": "workers USS MB", "main_pss_mb": "main PSS MB", "total_pss_mb": "main + workers PSS MB"}
 
 
-def report(*, rows: int = 240_000, workers: int = 8, layouts: Sequence[str] = LAYOUTS) -> int:
-    """Print the records table: per layout the start-up times, the records' size in the main process and the
+def report(*, rows: int = 240_000, workers: int = 8, layouts: Sequence[str] = LAYOUTS) -> str:
+    """The records table: per layout the start-up times, the records' size in the main process and the
     summed RSS / PSS / USS of ``workers`` forked DataLoader workers after one pass over ``rows`` K400 records;
     then each measure of the table over the list's, when both were measured."""
     results = {m.layout: {**asdict(m), "total_pss_mb": m.main_pss_mb + m.pss_mb}
@@ -208,8 +208,7 @@ def report(*, rows: int = 240_000, workers: int = 8, layouts: Sequence[str] = LA
             before, after = results["list"][key], results["table"][key]
             ratio[label] = after / before if before > 0 else "-"
         table.append(ratio)
-    print(f"{rows} K400 CSV rows (synthetic), {workers} forked DataLoader workers, one shuffled pass reading each "
-          f"record's path; {os.cpu_count()} CPUs, torch {torch.__version__}; read CSV: median of 3 reads; memory "
-          "after the pass, summed over the workers (/proc/PID/smaps_rollup); records MB traced (tracemalloc)")
-    print(markdown_table(table, ["layout", *COLUMNS.values()]))
-    return 0
+    return (f"{rows} K400 CSV rows (synthetic), {workers} forked DataLoader workers, one shuffled pass reading each "
+            f"record's path; {os.cpu_count()} CPUs, torch {torch.__version__}; read CSV: median of 3 reads; memory "
+            "after the pass, summed over the workers (/proc/PID/smaps_rollup); records MB traced (tracemalloc)\n"
+            + markdown_table(table, ["layout", *COLUMNS.values()]))

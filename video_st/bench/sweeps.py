@@ -3,8 +3,8 @@
 Each method runs the project's own tools in a subprocess from the repository root (tools/train_net.py with
 --config and model.method=M, then tools/test_net.py on its final model, or its best with test_checkpoint="best"),
 one run folder per method with the tools' output in train.log / test.log; ``jobs`` runs at once, each with its
-share of the cores (bench/jobs.py), the results read in this process as each run ends. The results are read from what those
-runs write (test/summary.json, log.jsonl, classes.json); the GFLOPs are counted on the trained model as the test
+share of the cores (bench/jobs.py). As each run ends, its results are read here from what it wrote
+(test/summary.json, log.jsonl, classes.json); the GFLOPs are counted on the trained model as the test
 loads it (input-dependent models: the mean over real test clips). Where the data has ground-truth object masks
 (the hard generated style), each reducing method's kept tokens are scored against them per stage
 (``foreground``). Then a JSON of rows, a markdown table beside it and a plot of test top-1 vs GFLOPs (``plots``).
@@ -15,6 +15,7 @@ The hard suite (``hard_suite``) runs sweeps of this module over seeds, keep rate
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -34,6 +35,8 @@ from .jobs import Outcome, Step, child_env, log_tail, run_chains, threads_per_jo
 from .measure import gflops_of, inference_model, is_input_dependent, machine_info, seeded_clip
 from .plots import plot_accuracy_vs_gflops
 from .tables import add_ratios, markdown_table, notes
+
+_log = logging.getLogger(__name__)  # one line per run as it starts and ends (tools/benchmark.py shows INFO)
 
 COLUMNS = ["method", "lr", "epochs", "trainable_m", "gflops", "gflops/full", "test_top1_pct", "test_top5_pct",
            "mean_class_acc_pct", "best_val_top1_pct", "fg1_recall", "fg1_random_recall", "fg1_precision",
@@ -92,7 +95,7 @@ def run_sweeps(sweeps: Sequence[Sweep], *, jobs: int = 1) -> list[list[dict[str,
 
     def started(key: str) -> None:
         run = runs[todo[key][0]][todo[key][1]]
-        print(f"[{run.method}] training (lr {run.lr}) -> {run.folder}", flush=True)
+        _log.info("[%s] training (lr %s) -> %s", run.method, run.lr, run.folder)
 
     def finished(key: str, outcome: Outcome) -> None:
         rows[todo[key]] = _finish_row(runs[todo[key][0]][todo[key][1]], outcome)
@@ -107,9 +110,9 @@ def run_sweeps(sweeps: Sequence[Sweep], *, jobs: int = 1) -> list[list[dict[str,
     return out
 
 
-def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
-    """Train and test every method of ``sweep``, print one line per method and the table, write the JSON (with
-    ``args``, the command line), the markdown and the plot; 1 if a method failed."""
+def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
+    """Train and test every method of ``sweep`` (one log line per method), write the JSON (with ``args``, the
+    command line), the markdown and the plot; the report (header, table, plot path) and the methods that failed."""
     rows = run_methods(sweep)
     base = load_config(sweep.config, list(sweep.overrides))
     epochs = sweep.epochs or int(base.optim.epochs)
@@ -118,8 +121,7 @@ def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
     table = markdown_table(rows, [c for c in COLUMNS if c in ("method", "notes") or any(c in r for r in rows)])
     header = (f"{geometry}, {sweep.config} + model.method=M, backbone {sweep.backbone}, data {sweep.data}; test: "
               f"{sweep.test_checkpoint} model, {views}")
-    print(header)
-    print(table)
+    report = [header, table]
     out_json = sweep.out or os.path.join(sweep.output_dir, "methods.json")
     write_atomic(out_json, json.dumps({"args": dict(args or {}), "machine": machine_info("cpu"), "rows": rows},
                                       indent=2, default=str) + "\n")
@@ -127,11 +129,8 @@ def train_methods(sweep: Sweep, args: Mapping[str, Any] | None = None) -> int:
     if sweep.plot:
         plot_accuracy_vs_gflops(rows, sweep.plot, f"{geometry}: {epochs} epoch{'s' * (epochs != 1)} on {sweep.data}, "
                                                   f"test ({sweep.test_checkpoint} model, {views})")
-        print(f"plot: {sweep.plot}")
-    failed = [r["method"] for r in rows if r.get("error")]
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+        report.append(f"plot: {sweep.plot}")
+    return "\n".join(report), [r["method"] for r in rows if r.get("error")]
 
 
 def input_digests(backbone: str, data: str) -> dict[str, str | None]:
@@ -187,7 +186,7 @@ def _plan_run(sweep: Sweep, method: str, *, threads: int) -> _Run:
 
 def _finish_row(run: _Run, outcome: Outcome | None) -> dict[str, Any]:
     """A method's row from what its run wrote (``outcome``: the run just ended; None: a finished run reused),
-    with the GFLOPs and foreground scores of the trained model; one line printed."""
+    with the GFLOPs and foreground scores of the trained model; one line logged."""
     folder, sweep = run.folder, run.sweep
     row: dict[str, Any] = {"method": run.method, "lr": run.lr, "epochs": run.epochs}
     if outcome is None:
@@ -223,9 +222,11 @@ def _finish_row(run: _Run, outcome: Outcome | None) -> dict[str, Any]:
     if chance and row.get("test_top1") is not None and row["test_top1"] <= 1.5 * chance:
         cells.append("did not learn (top-1 near chance): try --lr-for")
     row["notes"] = "; ".join(cells)
-    print(f"[{run.method}] " + (f"error: {row['error']}" if row.get("error") else
-                                f"test top-1 {row.get('test_top1_pct', float('nan')):.1f}%, "
-                                f"{row.get('gflops', 0):.4f} GFLOPs"), flush=True)
+    if row.get("error"):
+        _log.warning("[%s] error: %s", run.method, row["error"])
+    else:
+        _log.info("[%s] test top-1 %.1f%%, %.4f GFLOPs", run.method, row.get("test_top1_pct", float("nan")),
+                  row.get("gflops", 0))
     return row
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -86,8 +85,8 @@ def _header(spec: BenchSpec, machine: Mapping[str, Any]) -> str:
 
 
 def model_table(spec: BenchSpec, *, train_reference: str = "adaptformer", out: str | None = None,
-                args: Mapping[str, Any] | None = None) -> int:
-    """Print the model table (and write it with the machine and ``args``, the command line, as JSON to ``out``)."""
+                args: Mapping[str, Any] | None = None) -> str:
+    """The model table (also written with the machine and ``args``, the command line, as JSON to ``out``)."""
     rows = run_benchmark(spec)
     ref = train_reference
     add_ratios(rows, reference="full", keys=["gflops", "infer_clips_s"], suffix="full")
@@ -95,28 +94,24 @@ def model_table(spec: BenchSpec, *, train_reference: str = "adaptformer", out: s
     machine = machine_info(spec.device)
     columns = [c.replace("/adaptformer", f"/{ref}") for c in MODEL_COLUMNS]
     columns += ["peak_train_mem_mb", f"peak_train_mem_mb/{ref}"] if spec.device.startswith("cuda") else []
-    print(_header(spec, machine))
-    print(markdown_table(rows, [c for c in columns if any(c in r for r in rows)]))
     if out:
         write_atomic(out, json.dumps({"args": dict(args or {}), "machine": machine, "rows": rows}, indent=2) + "\n")
-    return 0
+    return _header(spec, machine) + "\n" + markdown_table(rows, [c for c in columns if any(c in r for r in rows)])
 
 
-def methods_table(spec: BenchSpec, *, out: str | None = None, args: Mapping[str, Any] | None = None) -> int:
-    """Print the methods table (full fine-tuning first, the reference; JSON to ``out``); 1 if a method failed."""
+def methods_table(spec: BenchSpec, *, out: str | None = None,
+                  args: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
+    """The methods table (full fine-tuning first, the reference; JSON to ``out``) and the methods that failed."""
     reference = "full"
     spec = dataclasses.replace(spec, methods=[reference] + [m for m in spec.methods if m != reference], keep_going=True)
     rows = method_rows(spec, reference)
     machine = machine_info(spec.device)
-    print(_header(spec, machine) + f", one random clip (seed {spec.seed}); x/full = ratio to full fine-tuning")
-    print(markdown_table(rows, method_columns(rows, reference)))
+    lines = [_header(spec, machine) + f", one random clip (seed {spec.seed}); x/full = ratio to full fine-tuning",
+             markdown_table(rows, method_columns(rows, reference))]
     dynamic = [r["method"] for r in rows if r.get("input_dependent")]
     if dynamic:
-        print(f"input-dependent (FLOPs and times hold for this clip only): {', '.join(dynamic)}")
+        lines.append(f"input-dependent (FLOPs and times hold for this clip only): {', '.join(dynamic)}")
     if out:
         write_atomic(out, json.dumps({"args": dict(args or {}), "machine": machine, "reference": reference,
                                       "rows": rows}, indent=2) + "\n")
-    failed = [r["method"] for r in rows if r.get("error")]
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return "\n".join(lines), [r["method"] for r in rows if r.get("error")]

@@ -100,8 +100,8 @@ def pipeline_throughput(records: Sequence[VideoRecord], *, clip: ClipSpec, trans
 
 def report(*, csv: str | None = None, root: str | None = None, videos: int = 16, video_frames: int = 300,
            height: int = 240, width: int = 320, grain: float = 5.0, frames: int = 8, stride: int = 8, size: int = 224,
-           rounds: int = 3) -> int:
-    """Print the data table: ``pipeline_throughput`` on the first ``videos`` of ``csv`` (or of a synthetic
+           rounds: int = 3) -> str:
+    """The data table: ``pipeline_throughput`` on the first ``videos`` of ``csv`` (or of a synthetic
     K400-style set generated in a temporary folder: ``video_frames`` long, ``height`` x ``width``, film grain
     ``grain``), then what augment_on=device moves into the training process (BatchAugment on this CPU). Sets torch
     to one thread: one loader worker's view of the machine."""
@@ -123,19 +123,19 @@ def report(*, csv: str | None = None, root: str | None = None, videos: int = 16,
                          TrainTransform(size=size, rand_augment=(2, 9))}
         result = pipeline_throughput(records, clip=clip, transforms=pipelines, size=size, rounds=rounds)
     source = csv or f"synthetic K400-style, {video_frames} frames at {height} x {width}, grain {grain}"
-    print(f"{result.videos} videos ({source}) x {rounds} rounds, training clip {frames} x stride "
-          f"{stride}, crop {size}, 1 thread (one loader worker)")
-    print("| measure | value |\n|---|---|")
-    print(f"| raw decord read, clips/s | {result.raw_clips_s:.2f} |")
+    lines = [f"{result.videos} videos ({source}) x {rounds} rounds, training clip {frames} x stride "
+             f"{stride}, crop {size}, 1 thread (one loader worker)", "| measure | value |", "|---|---|",
+             f"| raw decord read, clips/s | {result.raw_clips_s:.2f} |"]
     for name, clips_s in result.pipeline_clips_s.items():
-        print(f"| decode + {name}, clips/s (overhead over raw) | {clips_s:.2f} ({100 * result.overhead(name):.1f}%) |")
+        lines.append(f"| decode + {name}, clips/s (overhead over raw) | {clips_s:.2f} "
+                     f"({100 * result.overhead(name):.1f}%) |")
     for name, cost in result.views_cost.items():
-        print(f"| test views {name}: all views / one clip | {cost:.2f}x |")
+        lines.append(f"| test views {name}: all views / one clip | {cost:.2f}x |")
     # What augment_on=device moves into the training process, timed here on the CPU (on a GPU it is far cheaper).
     batch = torch.randint(0, 256, (8, 3, frames, size, size), dtype=torch.uint8)
     augment, start = BatchAugment(rand_augment=(2, 9)), time.perf_counter()
     for _ in range(rounds):
         augment(batch)
     per_clip = (time.perf_counter() - start) / (rounds * len(batch))
-    print(f"| BatchAugment (RandAugment 2, 9 + normalise) on this CPU, ms per clip | {1000 * per_clip:.1f} |")
-    return 0
+    lines.append(f"| BatchAugment (RandAugment 2, 9 + normalise) on this CPU, ms per clip | {1000 * per_clip:.1f} |")
+    return "\n".join(lines)
