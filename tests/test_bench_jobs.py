@@ -25,7 +25,8 @@ def _window(path) -> tuple[float, float]:
     return float(values["start"]), float(values["end"])
 
 
-def _chain(tmp_path, name: str, *, sleep: float = 0.6) -> list[Step]:
+def _chain(tmp_path, name: str, *, sleep: float = 1.5) -> list[Step]:
+    # long beside an interpreter's start-up, so two children started together overlap even on a loaded machine
     marks = tmp_path / f"{name}.marks"
     body = f"{_mark(marks, 'start')}; time.sleep({sleep}); {_mark(marks, 'end')}"
     return [Step(name="work", cmd=[PY, "-c", body], log=str(tmp_path / f"{name}.log"))]
@@ -34,10 +35,13 @@ def _chain(tmp_path, name: str, *, sleep: float = 0.6) -> list[Step]:
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_chains_run_at_most_jobs_at_once(tmp_path, jobs):
     chains = {name: _chain(tmp_path, name) for name in ("a", "b", "c")}
-    starts, ends = [], []
-    outcomes = run_chains(chains, jobs=jobs, on_start=starts.append, on_done=lambda key, _: ends.append(key))
-    assert all(o.code == 0 and o.failed is None and o.seconds["work"] > 0.5 for o in outcomes.values())
-    assert starts == ["a", "b", "c"] and sorted(ends) == ["a", "b", "c"]
+    events = []
+    outcomes = run_chains(chains, jobs=jobs, on_start=lambda key: events.append(f"start {key}"),
+                          on_done=lambda key, _: events.append(f"done {key}"))
+    assert all(o.code == 0 and o.failed is None and o.seconds["work"] > 1.4 for o in outcomes.values())
+    assert [e for e in events if e.startswith("start")] == ["start a", "start b", "start c"]
+    if jobs == 1:  # strictly one after another: a run's results are read before the next one starts
+        assert events == ["start a", "done a", "start b", "done b", "start c", "done c"]
     windows = {name: _window(tmp_path / f"{name}.marks") for name in chains}
     overlap = lambda x, y: windows[x][0] < windows[y][1] and windows[y][0] < windows[x][1]  # noqa: E731
     if jobs == 1:  # one after another, in the given order
@@ -121,3 +125,24 @@ def test_no_child_outlives_the_benchmark(tmp_path, how):
             parent.kill()
         if child is not None and _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_two_runs_in_one_folder_are_refused_before_anything_runs(tmp_path):
+    from video_st.bench.sweeps import Sweep, run_sweeps
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sweep = Sweep(methods=["linear"], config=os.path.join(root, "configs/hard/target.yaml"),
+                  backbone=str(tmp_path / "backbone.pt"), data=str(tmp_path / "data"), output_dir=str(tmp_path / "runs"))
+    with pytest.raises(ValueError, match="two runs in one folder .*runs/linear"):
+        run_sweeps([sweep, sweep], jobs=2)
+    assert not (tmp_path / "runs").exists()  # nothing prepared, nothing started
+
+
+def test_the_command_line_names_each_method_and_number_once():
+    import argparse
+
+    from video_st.bench.cli import _methods, _numbers
+
+    parser = argparse.ArgumentParser()
+    assert _methods(parser, "linear, full,linear") == ["linear", "full"]
+    assert _numbers(parser, "--keep-rates", "0.5,0.50,0.3", float) == [0.5, 0.3]

@@ -19,7 +19,7 @@ from ..models.methods import list_methods
 
 def _methods(parser: argparse.ArgumentParser, text: str | None) -> list[str]:
     known = list_methods()
-    methods = known if not text else [m.strip() for m in text.split(",") if m.strip()]
+    methods = known if not text else list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     unknown = sorted(set(methods) - set(known))
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {known}")
@@ -164,8 +164,8 @@ def _report(text: str, failed: list[str]) -> int:
 
 
 def _numbers(parser: argparse.ArgumentParser, flag: str, text: str, kind: type) -> list:
-    try:
-        return [kind(p) for p in text.split(",") if p.strip()]
+    try:  # each once, in the order given (a run per value: twice would be one folder trained twice at once)
+        return list(dict.fromkeys(kind(p) for p in text.split(",") if p.strip()))
     except ValueError:
         parser.error(f"{flag} {text!r}: expected comma-separated numbers")  # exits
         return []
@@ -197,7 +197,8 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
     from video_st.bench.hard_diagnosis import VARIANTS
 
     named = {"all": list(VARIANTS), "none": []}
-    variants = named[args.variants] if args.variants in named else [v.strip() for v in args.variants.split(",")]
+    variants = named[args.variants] if args.variants in named else \
+        list(dict.fromkeys(v.strip() for v in args.variants.split(",")))
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {unknown[0]!r}; one of {', '.join(VARIANTS)}, all or none")

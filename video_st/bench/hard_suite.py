@@ -7,8 +7,9 @@ The steps, each reused on a rerun when its recorded settings are unchanged (a ki
 2. stage 1: the 4-layer test model trained from scratch on the pretrain task (configs/hard/pretrain.yaml), then
    converted to a head-less backbone (tools/convert_checkpoint.py): ``OUTPUT/backbone.pt``;
 3. stage 2: every method adapts that backbone to the target task with one budget (configs/hard/target.yaml),
-   once per seed (``sweeps.run_methods``: the project's own train and test tools, multi-view test, GFLOPs of the
-   trained model, per-stage foreground recall and precision of the kept tokens against the masks);
+   once per seed (``stage2`` through ``sweeps.run_sweeps``: the project's own train and test tools, multi-view
+   test, GFLOPs of the trained model, per-stage foreground recall and precision of the kept tokens against the
+   masks);
 4. the keep-rate sweep: the keep-rate methods (Sparse-Tuning, EViT, ToMe) at other keep rates, first seed;
 5. CPU clips/s of every trained model (first seed), interleaved on real test clips in one process;
 6. why Sparse-Tuning stands where it does (bench/hard_diagnosis.py): the frozen backbone's own selection per layer
@@ -201,7 +202,7 @@ def selection_probe(suite: HardSuite, stage1: Mapping[str, Any], data: str) -> l
 
 
 def _variants_folder(suite: HardSuite, seed: int) -> str:
-    # the first seed's keeps the name it had when the variants ran on it alone, so those runs stay reusable
+    # the first seed's keeps the name it had when the variants ran on it alone (one layout for every output)
     return "variants" if seed == suite.seeds[0] else f"variants_seed{seed}"
 
 

@@ -76,8 +76,11 @@ def run_chains(chains: Mapping[str, Sequence[Step]], *, jobs: int = 1, env: Mapp
                on_start: Callable[[str], None] | None = None,
                on_done: Callable[[str, Outcome], None] | None = None) -> dict[str, Outcome]:
     """Run every chain of ``chains`` (key -> steps), at most ``jobs`` at once, in the given order, each child
-    with ``env`` (None: this process's). ``on_start(key)`` before a chain's first step and ``on_done(key, outcome)`` after its last
-    run in this thread while the other chains go on. The outcomes, by key."""
+    with ``env`` (None: this process's). ``on_start(key)`` runs before a chain's first step and
+    ``on_done(key, outcome)`` after its last, in this thread, before the freed slot takes the next chain: with
+    ``jobs`` 1 the runs stay strictly one after another (nothing else runs while a run's results are read);
+    with more, the other children go on meanwhile, and a step that ends then is noticed when ``on_done``
+    returns (its ``seconds`` include the wait). The outcomes, by key."""
     waiting = deque(chains.items())
     running: list[_Running] = []
     done: dict[str, Outcome] = {}
@@ -86,25 +89,20 @@ def run_chains(chains: Mapping[str, Sequence[Step]], *, jobs: int = 1, env: Mapp
             while waiting or running:
                 while waiting and len(running) < max(1, jobs):
                     key, steps = waiting.popleft()
-                    if not steps:
-                        done[key] = Outcome()
-                        continue
                     if on_start:
                         on_start(key)
+                    if not steps:
+                        done[key] = Outcome()
+                        if on_done:
+                            on_done(key, done[key])
+                        continue
                     queue = deque(steps)
                     running.append(_start(key, queue, queue.popleft(), Outcome(), env))
                 time.sleep(POLL_S)
                 for run in list(running):
-                    code = run.process.poll()
-                    limit = run.step.timeout
-                    if code is None and limit is not None and time.perf_counter() - run.started > limit:
-                        _stop(run.process)
-                        run.log.write(f"\ntimed out after {limit} s\n")
-                        code = TIMED_OUT
+                    code = _poll(run)
                     if code is None:
                         continue
-                    run.log.close()
-                    run.outcome.seconds[run.step.name] = time.perf_counter() - run.started
                     running.remove(run)
                     if code == 0 and run.steps:
                         running.append(_start(run.key, run.steps, run.steps.popleft(), run.outcome, env))
@@ -115,10 +113,23 @@ def run_chains(chains: Mapping[str, Sequence[Step]], *, jobs: int = 1, env: Mapp
                     if on_done:
                         on_done(run.key, run.outcome)
         finally:
-            for run in running:
-                _stop(run.process)
-                run.log.close()
+            _stop_all(running)
     return done
+
+
+def _poll(run: _Running) -> int | None:
+    # the step's exit code once it ended (its log closed, its time kept), or None while it runs
+    code = run.process.poll()
+    limit = run.step.timeout
+    if code is None and limit is not None and time.perf_counter() - run.started > limit:
+        _stop_all([run])
+        with open(run.step.log, "a", encoding="utf-8") as log:
+            log.write(f"\ntimed out after {limit} s\n")
+        code = TIMED_OUT
+    if code is not None:
+        run.log.close()
+        run.outcome.seconds[run.step.name] = time.perf_counter() - run.started
+    return code
 
 
 def run_logged(cmd: Sequence[str], log_path: str, timeout: float | None, *,
@@ -138,26 +149,39 @@ def log_tail(path: str, lines: int = 2) -> str:
 
 
 def _start(key: str, steps: deque[Step], step: Step, outcome: Outcome, env: Mapping[str, str] | None) -> _Running:
-    log = open(step.log, "w", encoding="utf-8")  # closed when the step ends (run_chains)
-    log.write("$ " + " ".join(step.cmd) + "\n")
-    log.flush()
-    process = subprocess.Popen(list(step.cmd), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(env) if env is not None else None,
-                               preexec_fn=die_with_parent_after_fork(os.getpid()))
+    log = open(step.log, "w", encoding="utf-8")  # closed when the step ends (_poll) or is stopped (_stop_all)
+    try:
+        log.write("$ " + " ".join(step.cmd) + "\n")
+        log.flush()
+        process = subprocess.Popen(list(step.cmd), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(env) if env is not None else None,
+                                   preexec_fn=die_with_parent_after_fork(os.getpid()))
+    except BaseException:
+        log.close()
+        raise
     return _Running(key=key, steps=steps, outcome=outcome, step=step, process=process, log=log,
                     started=time.perf_counter())
 
 
-def _stop(process: subprocess.Popen) -> None:
-    # SIGTERM first: the training tool then stops at a step boundary and its loader workers end with it
-    if process.poll() is not None:
-        return
-    process.terminate()
+def _stop_all(runs: Sequence[_Running]) -> None:
+    """SIGTERM to every child first (the training tool then stops at a step boundary and its loader workers end
+    with it), then one shared grace period, then SIGKILL to what is left; every log closed whatever happens."""
     try:
-        process.wait(TERMINATE_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        for run in runs:
+            if run.process.poll() is None:
+                run.process.terminate()
+        deadline = time.monotonic() + TERMINATE_GRACE_S
+        for run in runs:
+            try:
+                run.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for run in runs:
+            if run.process.poll() is None:
+                run.process.kill()
+                run.process.wait()
+            run.log.close()
 
 
 class _sigterm_as_exit:

@@ -82,7 +82,13 @@ def run_sweeps(sweeps: Sequence[Sweep], *, jobs: int = 1) -> list[list[dict[str,
     cores); per sweep its rows in method order, with ratios to full. A finished run is reused (``skip_done``)
     only when it ran with the same thread count too."""
     threads = threads_per_job(jobs)
-    runs = [[_plan_run(sweep, method, threads=threads) for method in sweep.methods] for sweep in sweeps]
+    digests: dict[tuple[str, str], dict[str, str | None]] = {}  # (backbone, data) -> input_digests, hashed once
+    runs = [[_plan_run(sweep, method, threads=threads, digests=digests) for method in sweep.methods]
+            for sweep in sweeps]
+    folders = [run.folder for sweep_runs in runs for run in sweep_runs]
+    twice = sorted({f for f in folders if folders.count(f) > 1})
+    if twice:  # two runs in one folder would train over each other's files
+        raise ValueError(f"two runs in one folder {twice[0]}: give each method, seed, keep rate and variant once")
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     todo: dict[str, tuple[int, int]] = {}
     for i, sweep_runs in enumerate(runs):
@@ -100,8 +106,8 @@ def run_sweeps(sweeps: Sequence[Sweep], *, jobs: int = 1) -> list[list[dict[str,
     def finished(key: str, outcome: Outcome) -> None:
         rows[todo[key]] = _finish_row(runs[todo[key][0]][todo[key][1]], outcome)
 
-    run_chains({key: runs[i][j].steps for key, (i, j) in todo.items()}, jobs=jobs,
-               env=child_env(threads) if jobs > 1 else None, on_start=started, on_done=finished)
+    run_chains({key: runs[i][j].steps for key, (i, j) in todo.items()}, jobs=jobs, env=child_env(threads),
+               on_start=started, on_done=finished)
     out = []
     for i, sweep_runs in enumerate(runs):
         sweep_rows = [rows[i, j] for j in range(len(sweep_runs))]
@@ -158,10 +164,12 @@ class _Run:
     steps: list[Step]
 
 
-def _plan_run(sweep: Sweep, method: str, *, threads: int) -> _Run:
+def _plan_run(sweep: Sweep, method: str, *, threads: int, digests: dict[tuple[str, str], Any]) -> _Run:
     base = load_config(sweep.config, list(sweep.overrides))
     data = os.path.abspath(sweep.data)
     lr = sweep.lr_for.get(method, float(base.optim.lr))
+    if (sweep.backbone, data) not in digests:
+        digests[sweep.backbone, data] = input_digests(sweep.backbone, data)
     folder = os.path.abspath(os.path.join(sweep.output_dir, method))
     overrides = [f"model.pretrained={os.path.abspath(sweep.backbone)}", f"data.root={data}",
                  f"data.train={os.path.join(data, 'annotations', 'train.csv')}",
@@ -169,7 +177,7 @@ def _plan_run(sweep: Sweep, method: str, *, threads: int) -> _Run:
                  *([f"optim.epochs={sweep.epochs}"] if sweep.epochs is not None else []),
                  f"output_dir={folder}", f"model.method={method}", f"optim.lr={lr}"]
     settings = {"overrides": overrides, "config": sweep.config, "test_checkpoint": sweep.test_checkpoint,
-                "inputs": input_digests(sweep.backbone, data), "threads": threads}
+                "inputs": digests[sweep.backbone, data], "threads": threads}
     checkpoint = os.path.join(folder, "model_final.pt") if sweep.test_checkpoint == "final" else None
     test_dir = os.path.join(folder, "test")
     done = sweep.skip_done and read_json(os.path.join(folder, "benchmark_settings.json")) == settings \
@@ -224,9 +232,9 @@ def _finish_row(run: _Run, outcome: Outcome | None) -> dict[str, Any]:
     row["notes"] = "; ".join(cells)
     if row.get("error"):
         _log.warning("[%s] error: %s", run.method, row["error"])
-    else:
-        _log.info("[%s] test top-1 %.1f%%, %.4f GFLOPs", run.method, row.get("test_top1_pct", float("nan")),
-                  row.get("gflops", 0))
+    else:  # the folder names the run among the suite's sweeps (seed1/..., keep0.4/..., variants/...)
+        _log.info("[%s] test top-1 %.1f%%, %.4f GFLOPs (%s)", run.method, row.get("test_top1_pct", float("nan")),
+                  row.get("gflops", 0), os.path.join(os.path.basename(sweep.output_dir), run.method))
     return row
 
 
