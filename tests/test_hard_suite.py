@@ -69,15 +69,16 @@ def _png(path) -> bool:
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys, caplog):
+def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
     out = tmp_path / "hard"
     argv = ["train-methods", "--suite", "hard", "--classes", "4", "--train-per-class", "2", "--val-per-class", "2",
             "--pretrain-epochs", "1", "--epochs", "1", "--methods", "linear,sparse_tuning", "--keep-rates", "0.5",
             "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1",
             "--variants", "layers=1+3,dense_adapter:form=published", "--seeds", "0,1", "--variant-seeds", "0,1",
             "--set", "data.batch_size=4", "--set", "data.num_workers=0", "--jobs", "2"]
-    assert benchmark(argv, description="") == 0
-    printed = capsys.readouterr().out
+    report = benchmark(argv, description="")
+    assert report.code == 0
+    printed = "\n".join(report.lines)
     saved = json.loads((out / "suite.json").read_text())
     rows = {r["method"]: r for r in saved["rows"]}
     assert set(rows) == {"linear", "sparse_tuning"} and saved["failed"] == []
@@ -113,17 +114,18 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, capsys, 
     logs = sorted(out.rglob("train.log")) + [out / "pretrain" / "suite_train.log"]
     before = {p: os.path.getmtime(p) for p in logs}
     caplog.clear()
-    assert benchmark(argv, description="") == 0
+    report = benchmark(argv, description="")
+    assert report.code == 0
     assert {p: os.path.getmtime(p) for p in logs} == before
-    again = caplog.text  # the steps' progress lines are logged (stderr), the report printed
-    assert "[linear] test top-1" in again and "Targets:" in capsys.readouterr().out
+    again = caplog.text  # the steps' progress lines are logged (stderr), the report returned for the tool
+    assert "[linear] test top-1" in again and "Targets:" in "\n".join(report.lines)
     assert "] training (" not in again and "== stage 1" not in again and "== selection probe" not in again
 
     # Other data under the same paths (more videos per class): nothing trained on the old set is reused, though
     # every path and override of stage 1 and of the linear run is unchanged.
     smaller = ["--methods", "linear", "--keep-rates", "", "--variants", "none", "--speed-rounds", "0"]
     caplog.clear()
-    assert benchmark([*argv, "--train-per-class", "3", *smaller], description="") == 0
+    assert benchmark([*argv, "--train-per-class", "3", *smaller], description="").code == 0
     redone = caplog.text
     assert "== data: the hard pretrain set" in redone and "== stage 1" in redone
     assert "[linear] training (" in redone and "== selection probe" in redone

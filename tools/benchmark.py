@@ -59,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     from video_st.bench.cli import main as run
     from video_st.errors import run_tool
 
-    return run_tool(lambda: run(sys.argv[1:] if argv is None else argv, description=__doc__))
+    def benchmark() -> int:
+        report = run(sys.argv[1:] if argv is None else argv, description=__doc__)
+        for text in report.lines:
+            print(text)
+        for line in report.errors:
+            print(line, file=sys.stderr)
+        return report.code
+
+    return run_tool(benchmark)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -15,6 +15,15 @@ import torch
 from ..config import views_argument
 from ..models.factory import list_models
 from ..models.methods import list_methods
+
+
+@dataclass
+class Report:
+    """What a subcommand ends with; tools/benchmark.py prints it (the tables to stdout, what failed to stderr)."""
+
+    code: int = 0
+    lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 def _methods(parser: argparse.ArgumentParser, text: str | None) -> list[str]:
@@ -26,7 +35,7 @@ def _methods(parser: argparse.ArgumentParser, text: str | None) -> list[str]:
     return methods
 
 
-def tables_main(parser: argparse.ArgumentParser, argv: list[str], *, model: bool) -> int:
+def tables_main(parser: argparse.ArgumentParser, argv: list[str], *, model: bool) -> Report:
     """model and methods: one backbone, one geometry, the same timing and device options."""
     parser.add_argument("--arch", default="vit_base_patch16", choices=list_models())
     if model:
@@ -62,12 +71,12 @@ def tables_main(parser: argparse.ArgumentParser, argv: list[str], *, model: bool
         tubelet_size=args.tubelet, num_classes=args.num_classes, batch_size=args.batch, rounds=args.rounds,
         device=args.device, dtype=args.dtype, train=not args.no_train, seed=getattr(args, "seed", 0))
     if model:
-        print(tables.model_table(spec, train_reference=args.train_reference, out=args.out, args=vars(args)))
-        return 0
+        return Report(lines=[tables.model_table(spec, train_reference=args.train_reference, out=args.out,
+                                                args=vars(args))])
     return _report(*tables.methods_table(spec, out=args.out, args=vars(args)))
 
 
-def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> Report:
     parser.add_argument("--suite", choices=["hard"],
                         help="hard: make the hard generated sets, pretrain the backbone, train every method per "
                              "--seeds, the --keep-rates sweep, foreground scores, clips/s, plots "
@@ -154,13 +163,10 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     return _report(*sweeps.train_methods(sweep, args=vars(args)))
 
 
-def _report(text: str, failed: list[str]) -> int:
-    # a command's end: its tables on stdout, what failed on stderr (exit 1)
-    if text:
-        print(text)
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+def _report(text: str, failed: list[str]) -> Report:
+    # a command's end: its tables, and what failed (exit 1)
+    return Report(code=1 if failed else 0, lines=[text] if text else [],
+                  errors=[f"failed: {', '.join(failed)}"] if failed else [])
 
 
 def _numbers(parser: argparse.ArgumentParser, flag: str, text: str, kind: type) -> list:
@@ -172,7 +178,7 @@ def _numbers(parser: argparse.ArgumentParser, flag: str, text: str, kind: type) 
 
 
 def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, methods: list[str],
-                lr_for: dict[str, float]) -> int:
+                lr_for: dict[str, float]) -> Report:
     given = [flag for flag, value in (("--config", args.config), ("--backbone", args.backbone),
                                       ("--data", args.data), ("--plot", args.plot), ("--out", args.out)) if value]
     if given:
@@ -211,7 +217,7 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
     return _report(*hard_suite.run_suite(suite, args=vars(args)))
 
 
-def data_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def data_main(parser: argparse.ArgumentParser, argv: list[str]) -> Report:
     parser.add_argument("--csv", help="K400-style CSV (default: generate a synthetic set in a temporary folder)")
     parser.add_argument("--root", help="video root for --csv")
     parser.add_argument("--videos", type=int, default=16, help="how many videos to time")
@@ -233,17 +239,18 @@ def data_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from video_st.bench import formats, throughput
 
+    report = Report()
     if args.only != "pipeline":
-        print(formats.report(videos=args.format_videos, video_frames=args.video_frames, height=args.height,
-                             width=args.width, grain=args.grain, real=args.real, rounds=args.rounds))
-    if args.only == "formats":
-        return 0
-    options = {k: v for k, v in vars(args).items() if k not in ("real", "format_videos", "only")}
-    print(throughput.report(**options))
-    return 0
+        report.lines.append(formats.report(videos=args.format_videos, video_frames=args.video_frames,
+                                           height=args.height, width=args.width, grain=args.grain, real=args.real,
+                                           rounds=args.rounds))
+    if args.only != "formats":
+        options = {k: v for k, v in vars(args).items() if k not in ("real", "format_videos", "only")}
+        report.lines.append(throughput.report(**options))
+    return report
 
 
-def predict_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def predict_main(parser: argparse.ArgumentParser, argv: list[str]) -> Report:
     from . import predict_speed
 
     parser.add_argument("--settings", default="tiny,vit_b",
@@ -260,23 +267,21 @@ def predict_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     unknown = sorted(set(settings) - set(predict_speed.SETTINGS))
     if unknown:
         parser.error(f"unknown settings {unknown}; known: {sorted(predict_speed.SETTINGS)}")
-    print(predict_speed.report(settings=settings, methods=_methods(parser, args.methods), videos=args.videos,
-                               views=args.views, batch_size=args.batch_size, rounds=args.rounds,
-                               threads=args.threads))
-    return 0
+    return Report(lines=[predict_speed.report(settings=settings, methods=_methods(parser, args.methods),
+                                              videos=args.videos, views=args.views, batch_size=args.batch_size,
+                                              rounds=args.rounds, threads=args.threads)])
 
 
-def records_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def records_main(parser: argparse.ArgumentParser, argv: list[str]) -> Report:
     parser.add_argument("--rows", type=int, default=240_000, help="K400 CSV rows (240,000: the size of Kinetics-400)")
     parser.add_argument("--workers", type=int, default=8, help="forked DataLoader workers")
     args = parser.parse_args(argv)
     from . import records_memory
 
-    print(records_memory.report(rows=args.rows, workers=args.workers))
-    return 0
+    return Report(lines=[records_memory.report(rows=args.rows, workers=args.workers)])
 
 
-def main(argv: list[str], *, description: str) -> int:
+def main(argv: list[str], *, description: str) -> Report:
     """``benchmark.py [COMMAND] OPTIONS``: the first word picks the command (default: model)."""
     commands = {"model": partial(tables_main, model=True), "methods": partial(tables_main, model=False),
                 "train-methods": train_methods_main, "data": data_main, "predict": predict_main,

@@ -83,8 +83,11 @@ def run_sweeps(sweeps: Sequence[Sweep], *, jobs: int = 1) -> list[list[dict[str,
     only when it ran with the same thread count too."""
     threads = threads_per_job(jobs)
     digests: dict[tuple[str, str], dict[str, str | None]] = {}  # (backbone, data) -> input_digests, hashed once
-    runs = [[_plan_run(sweep, method, threads=threads, digests=digests) for method in sweep.methods]
-            for sweep in sweeps]
+    runs = []
+    for sweep in sweeps:
+        base = load_config(sweep.config, list(sweep.overrides))  # once per sweep: its lr and epochs defaults
+        runs.append([_plan_run(sweep, method, base=base, threads=threads, digests=digests)
+                     for method in sweep.methods])
     folders = [run.folder for sweep_runs in runs for run in sweep_runs]
     twice = sorted({f for f in folders if folders.count(f) > 1})
     if twice:  # two runs in one folder would train over each other's files
@@ -164,8 +167,7 @@ class _Run:
     steps: list[Step]
 
 
-def _plan_run(sweep: Sweep, method: str, *, threads: int, digests: dict[tuple[str, str], Any]) -> _Run:
-    base = load_config(sweep.config, list(sweep.overrides))
+def _plan_run(sweep: Sweep, method: str, *, base: Any, threads: int, digests: dict[tuple[str, str], Any]) -> _Run:
     data = os.path.abspath(sweep.data)
     lr = sweep.lr_for.get(method, float(base.optim.lr))
     if (sweep.backbone, data) not in digests:
