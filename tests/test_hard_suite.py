@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from video_st.bench import hard_results, hard_suite
-from video_st.bench.hard_diagnosis import VARIANTS
+from video_st.bench.hard_diagnosis import VARIANTS, render_diagnosis
 from video_st.bench.cli import main as benchmark
 from video_st.config import load_config
 from video_st.engine.build import build_model
@@ -94,6 +94,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
     assert "| sparse_tuning | layer 2 |" in printed and "Targets:" in printed
     assert (out / "suite.md").read_text().startswith("Hard suite")
     assert f"{torch.get_num_threads()} threads: a rerun with both equal" in printed  # what reproduces stage 1
+    assert saved["stage1"]["settings"]["threads"] == torch.get_num_threads()  # and a rerun compares it
     # the selection probe: every layer of the 4-layer model x both scoring queries, one stage at the keep rate
     probe = saved["selection_probe"]
     assert [(r["layer"], r["score"]) for r in probe] == [(i, s) for i in range(1, 5) for s in ("cls", "mean")]
@@ -145,6 +146,18 @@ def test_suite_refuses_what_it_makes_itself(capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark(["train-methods", "--suite", "hard", "--jobs", "0"], description="")
     assert exit_info.value.code == 2 and "--jobs 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_variants_sit_beside_the_suite_rows_of_the_methods_they_change():
+    beside = [{"method": "evit", "seeds": 2, "test_top1_pct": 44.0, "gflops": 0.066, "fg1_recall": 0.45},
+              {"method": "sparse_tuning", "seeds": 2, "test_top1_pct": 47.0, "gflops": 0.070, "error": "exited 1"}]
+    variants = [{"method": "evit", "variant": "evit:layers=1+3", "seeds": 2, "test_top1_pct": 46.0,
+                 "test_top1_pct_std": 1.5, "gflops": 0.062, "fg1_recall": 0.91, "fg1_random_recall": 0.7}]
+    lines = render_diagnosis([], variants, beside, sparse_layers=[2, 3])
+    table = [line for line in "\n".join(lines).splitlines() if line.startswith("| evit")]
+    assert table == ["| evit | (the suite's row) | 2 | 44.000 |  | 0.066 | 0.450 |  |",
+                     "| evit | evit:layers=1+3 | 2 | 46.000 | 1.500 | 0.062 | 0.910 | 0.700 |"]
+    assert not any("sparse_tuning" in line for line in lines)  # a failed row is left out, not shown as zeros
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

@@ -99,8 +99,11 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     first = per_seed[suite.seeds[0]]
     probe = selection_probe(suite, stage1, data["target"]) if suite.probe else []
     variants = _with_variants(aggregate(variants_per_seed, {}), variants_per_seed[variant_seeds[0]])
-    beside = aggregate({s: [r for r in per_seed[s] if r["method"] in ("dense_adapter", "sparse_tuning")]
-                        for s in variant_seeds}, {})
+    # beside them, the suite's own rows of the methods they change, and Dense Adapters' for Sparse-Tuning's (the
+    # paper's claim is the distance between the two)
+    changed = {VARIANTS[name].method for name in suite.variants}
+    changed |= {"dense_adapter"} if "sparse_tuning" in changed else set()
+    beside = aggregate({s: [r for r in per_seed[s] if r["method"] in changed] for s in variant_seeds}, {})
     speed = cpu_speed(suite, first, data["target"]) if suite.speed_rounds > 0 else {}
     rows = aggregate(per_seed, speed)
     curves = keep_curves(first, keep_rows)
@@ -160,8 +163,11 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
         overrides.append(f"optim.epochs={suite.pretrain_epochs}")
     geometry = ["--arch", str(cfg.model.arch), "--frames", str(cfg.data.num_frames), "--img-size",
                 str(cfg.data.size), "--num-classes", "0"]
+    # Float reductions split by the intra-op thread count: the same config retrains to the same bytes only with
+    # the same torch and threads (the training subprocess inherits this process's), so a backbone made with
+    # another count is another backbone, as for the stage-2 runs (bench/sweeps.py).
     settings = {"config": PRETRAIN_CONFIG, "overrides": overrides, "convert": geometry,
-                "data": _data_settings(suite, "pretrain")}
+                "data": _data_settings(suite, "pretrain"), "threads": torch.get_num_threads()}
     stamp = os.path.join(suite.output_dir, "backbone.json")
     out: dict[str, Any] = {"backbone": backbone, "run": folder, "settings": settings}
     if not (read_json(stamp) == settings and os.path.isfile(backbone)):
@@ -176,8 +182,7 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
             if code != 0:
                 out["error"] = f"{name} exited {code} (log: {log}): {log_tail(log)}"
                 return out
-        # Float reductions split by the intra-op thread count: the same config retrains to the same bytes only
-        # with the same torch and threads (the training subprocess inherits this process's), so they are kept.
+        # and torch's version beside it, which the report names
         write_atomic(os.path.join(folder, "suite_machine.json"), json.dumps(machine_info("cpu")))
         write_atomic(stamp, json.dumps(settings))
     out["machine"] = read_json(os.path.join(folder, "suite_machine.json"))
