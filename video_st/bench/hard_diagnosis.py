@@ -53,7 +53,7 @@ VARIANTS: dict[str, Variant] = {
     "evit:layers=1+3": Variant(method="evit", overrides=("model.sparse_layers=[1,3]",)),
     "tome:layers=1+3": Variant(method="tome", overrides=("model.sparse_layers=[1,3]",)),
     # AS-ViT's thresholds started at its FLOPs budget on real clips (models/calibrate.py; not the authors'):
-    # from the published 0.001-0.003 they prune nothing in this budget
+    # from the published 0.001-0.003 they prune on one seed of three in this budget (docs/benchmarks.md)
     "asvit:calibrate": Variant(method="asvit", overrides=("model.calibrate=true",)),
     "form=published": Variant(method="sparse_tuning", overrides=("model.dense_adapter_form=published",)),
     "dense_adapter:form=published": Variant(method="dense_adapter",

@@ -182,7 +182,7 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
             if code != 0:
                 out["error"] = f"{name} exited {code} (log: {log}): {log_tail(log)}"
                 return out
-        # and torch's version beside it, which the report names
+        # torch's version and the thread count beside the backbone, for the report to name
         write_atomic(os.path.join(folder, "suite_machine.json"), json.dumps(machine_info("cpu")))
         write_atomic(stamp, json.dumps(settings))
     out["machine"] = read_json(os.path.join(folder, "suite_machine.json"))
