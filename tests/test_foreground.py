@@ -161,11 +161,12 @@ def test_foreground_scores_agree_with_an_independent_count(hard_set):
     dataset = eval_dataset(cfg, records)
     masks = load_masks(hard_set.root, "val")
     geo = Geometry(grid=(4, 8, 8), tubelet=2, patch=8, img_size=64)
-    kept_fg, fg_total, kept_total = np.zeros(2), 0, np.zeros(2)
+    kept_fg, fg_total, kept_total, right = np.zeros(2), 0, np.zeros(2), 0
     for index in range(len(dataset)):
         item = dataset[index]
         with torch.no_grad():
             _, kept = model.forward_features(item["views"], return_token_ids=True)
+            right += int(model(item["views"]).softmax(-1).mean(0).argmax()) == item["label"]
         fg = token_masks(masks[item["video_id"]], patch=8, tubelet=2, frame_indices=list(range(0, 16, 2)), size=64)
         grid = kept_masks([k[0] for k in kept], geo)
         kept_fg += [(g & fg).sum() for g in grid]
@@ -177,6 +178,7 @@ def test_foreground_scores_agree_with_an_independent_count(hard_set):
         assert math.isclose(stage.random_recall, stage.keep_share)
         assert math.isclose(stage.random_precision, stage.foreground_share)
     assert 0.01 < result.stages[0].foreground_share < 0.2
+    assert result.top1 == right / len(dataset)  # the model's accuracy on the same views, per video
     assert "recall" in result.describe() and result.to_json()["stages"][0]["recall"] == result.stages[0].recall
 
 

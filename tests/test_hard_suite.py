@@ -10,6 +10,7 @@ import torch
 
 from video_st.bench import hard_results, hard_suite
 from video_st.bench.hard_diagnosis import VARIANTS, render_diagnosis
+from video_st.bench.hard_oracle import SELECTIONS
 from video_st.bench.cli import main as benchmark
 from video_st.config import load_config
 from video_st.engine.build import build_model
@@ -99,6 +100,11 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
     probe = saved["selection_probe"]
     assert [(r["layer"], r["score"]) for r in probe] == [(i, s) for i in range(1, 5) for s in ("cls", "mean")]
     assert all(r["keep_share"] == pytest.approx(first["keep_share"]) for r in probe)
+    # the selection oracle: every seed's Sparse-Tuning tested again, its [CLS] choice its own test's figure
+    oracle = {(r["method"], r["selection"]): r for r in saved["selection_oracle"]}
+    assert list(oracle) == [("sparse_tuning", s) for s in SELECTIONS] and oracle["sparse_tuning", "cls"]["seeds"] == 2
+    assert oracle["sparse_tuning", "cls"]["test_top1_pct"] == pytest.approx(st["test_top1_pct"])
+    assert oracle["sparse_tuning", "object"]["fg1_recall"] == 1.0 and "Selection oracle" in printed
     (variant,) = saved["variants"]  # dense_adapter is not among the methods: its variant is not run
     assert variant["seeds"] == 2 and "test_top1_pct_std" in variant  # over both seeds, as asked
     assert [len(v) for v in saved["variants_per_seed"].values()] == [1, 1]
@@ -121,6 +127,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
     again = caplog.text  # the steps' progress lines are logged (stderr), the report returned for the tool
     assert "[linear] test top-1" in again and "Targets:" in "\n".join(report.lines)
     assert "] training (" not in again and "== stage 1" not in again and "== selection probe" not in again
+    assert "== selection oracle" not in again
 
     # Other data under the same paths (more videos per class): nothing trained on the old set is reused, though
     # every path and override of stage 1 and of the linear run is unchanged.
@@ -130,7 +137,8 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
     redone = caplog.text
     assert "== data: the hard pretrain set" in redone and "== stage 1" in redone
     assert "[linear] training (" in redone and "== selection probe" in redone
-    assert json.loads((out / "suite.json").read_text())["rows"][0]["method"] == "linear"
+    third = json.loads((out / "suite.json").read_text())
+    assert third["rows"][0]["method"] == "linear" and third["selection_oracle"] == []  # no Sparse-Tuning run
 
 
 def test_suite_refuses_what_it_makes_itself(capsys):

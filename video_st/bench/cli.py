@@ -119,7 +119,8 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> Repo
     hard.add_argument("--plot-dir", default="docs", help="where the two plots go")
     hard.add_argument("--variants", default="all",
                       help="a method retrained with one change each, first seed: comma-separated names of "
-                           "video_st/bench/hard_diagnosis.VARIANTS (Sparse-Tuning: 'score=mean', 'fuse=sum', "
+                           "video_st/bench/hard_diagnosis.VARIANTS (Sparse-Tuning: 'score=mean', 'score=random', "
+                           "'fuse=sum', "
                            "'warmup=3', 'layers=1+3', 'layers=1+2+3', 'form=published'; another method: "
                            "'dense_adapter:form=published', 'evit:layers=1+3', 'tome:layers=1+3', "
                            "'asvit:calibrate'), 'all' or 'none'")
@@ -128,6 +129,9 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> Repo
                            "rows are then the mean +- std beside the suite's rows over the same seeds")
     hard.add_argument("--no-probe", action="store_true",
                       help="skip the frozen backbone's selection probe (per layer and scoring query)")
+    hard.add_argument("--no-oracle", action="store_true",
+                      help="skip the selection oracle (the trained Sparse-Tuning, EViT and Dense Adapters tested "
+                           "with their tokens chosen by [CLS] attention, by the masks, at random, all kept)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     # the runs and the suite's steps as they start and end (bench.sweeps, bench.hard_suite), on stderr
@@ -214,7 +218,8 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
         num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr_for=lr_for, overrides=args.set,
         speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir, variants=variants,
-        variant_seeds=variant_seeds, probe=not args.no_probe, jobs=args.jobs)
+        variant_seeds=variant_seeds, probe=not args.no_probe, oracle=not args.no_oracle,
+        jobs=args.jobs)
     return _report(*hard_suite.run_suite(suite, args=vars(args)))
 
 

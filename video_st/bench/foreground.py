@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 
 from ..data.annotations import VideoRecord
 from ..engine.build import eval_dataset, read_split, split_file
+from ..engine.evaluate import ensemble_views
 from ..errors import VideoSTError
 from ..fileio import write_atomic
 from ..synthetic.masks import MIN_FRACTION, masks_beside, read_masks, view_token_masks
@@ -103,6 +104,7 @@ class ForegroundResult:
     failed: tuple[str, ...]  # videos none of whose views decoded (paths)
     min_fraction: float
     masks_file: str
+    top1: float = math.nan  # of the scored videos, their views' softmax averaged (engine.evaluate's "prob")
 
     def describe(self) -> str:
         head = (f"foreground tokens (>= {self.min_fraction:g} of a token's pixels) of {self.videos} videos, "
@@ -111,7 +113,7 @@ class ForegroundResult:
         return "\n".join([head, *body])
 
     def to_json(self) -> dict:
-        return {"videos": self.videos, "clips": self.clips, "failed": list(self.failed),
+        return {"videos": self.videos, "clips": self.clips, "failed": list(self.failed), "top1": self.top1,
                 "min_fraction": self.min_fraction, "masks_file": self.masks_file,
                 "stages": [s.to_json() for s in self.stages]}
 
@@ -160,14 +162,17 @@ class ForegroundMeter:
 
 def foreground_scores(model, cfg: DictConfig, *, split: str = "val", masks_file: str | None = None,
                       temporal_views: int = 1, spatial_views: int = 1, min_fraction: float = MIN_FRACTION,
-                      batch_size: int = 8, max_videos: int | None = None) -> ForegroundResult:
+                      batch_size: int = 8, max_videos: int | None = None,
+                      before_batch: Callable[[np.ndarray], None] | None = None) -> ForegroundResult:
     """Score ``model``'s token selection on the test views of ``split`` of the dataset ``cfg.data`` names.
 
     ``model``: a VideoViT (loaded as the test tool loads it, e.g. ``engine.multiview.load_for_test``), on any
     device; it runs in eval mode under no_grad (its training flag is restored after). The clips are the test
     protocol's ``temporal_views`` x ``spatial_views`` (default 1 x 1: the centre clip and crop) through
     ``eval_dataset(cfg, ...)``, so ``cfg.data`` (sampling, num_frames, stride, size, short_side) must be the one the
-    model was tested with. ``masks_file``: default the split's annotation file's ``*_masks.npz``."""
+    model was tested with. ``masks_file``: default the split's annotation file's ``*_masks.npz``.
+    ``before_batch``: called with each batch's (B, T', H', W') token masks before its forward (a selection told
+    the ground truth, bench/hard_oracle.py). The result's ``top1`` is the model's accuracy on these views."""
     records, _ = read_split(cfg, split)
     if max_videos is not None:
         records = records[:max_videos]
@@ -184,11 +189,17 @@ def foreground_scores(model, cfg: DictConfig, *, split: str = "val", masks_file:
     meter, names = ForegroundMeter(), model.stage_names()
     clips: list[torch.Tensor] = []
     targets: list[np.ndarray] = []
+    logits: list[torch.Tensor] = []  # per scored clip
+    owners: list[int] = []  # per scored clip: its video's place in `labels`
+    labels: list[int] = []  # per scored video
     failed, videos, scored = [], 0, 0
 
     def flush() -> None:
+        if before_batch is not None:
+            before_batch(np.stack(targets))
         with torch.no_grad():
-            _, kept = model.forward_features(torch.stack(clips).to(device), return_token_ids=True)
+            features, kept = model.forward_features(torch.stack(clips).to(device), return_token_ids=True)
+            logits.append(model.forward_head(features).float().cpu())
         if kept:
             meter.update(kept, np.stack(targets))
         clips.clear()
@@ -205,10 +216,12 @@ def foreground_scores(model, cfg: DictConfig, *, split: str = "val", masks_file:
             fg = view_token_masks(masks[item["video_id"]], dataset.clip, patch=patch, tubelet=tubelet, size=size,
                                   short_side=cfg.data.short_side, min_fraction=min_fraction)
             fg = fg[np.asarray(item["view_ok"], dtype=bool)]  # item["views"] holds the decoded views only
+            labels.append(int(item["label"]))
             videos += 1
             for clip, target in zip(item["views"], fg, strict=True):
                 clips.append(clip)
                 targets.append(target)
+                owners.append(videos - 1)
                 scored += 1
                 if len(clips) == batch_size:
                     flush()
@@ -216,8 +229,8 @@ def foreground_scores(model, cfg: DictConfig, *, split: str = "val", masks_file:
             flush()
     finally:
         model.train(was_training)
-    return ForegroundResult(stages=meter.result(names), videos=videos, clips=scored,
-                            failed=tuple(failed), min_fraction=min_fraction, masks_file=masks_file)
+    return ForegroundResult(stages=meter.result(names), videos=videos, clips=scored, failed=tuple(failed),
+                            min_fraction=min_fraction, masks_file=masks_file, top1=_top1(logits, owners, labels))
 
 
 def _read(path: str, records: Sequence[VideoRecord]) -> dict[str, np.ndarray]:
@@ -232,6 +245,15 @@ def _read(path: str, records: Sequence[VideoRecord]) -> dict[str, np.ndarray]:
     if missing:
         raise ForegroundError(f"{path}: no mask for {len(missing)} of {len(records)} videos (first: {missing[0]})")
     return masks
+
+
+def _top1(logits: Sequence[torch.Tensor], owners: Sequence[int], labels: Sequence[int]) -> float:
+    if not labels:
+        return math.nan
+    per_clip = torch.cat(list(logits))
+    owner = torch.tensor(owners)
+    right = [int(ensemble_views(per_clip[owner == v]).argmax()) == label for v, label in enumerate(labels)]
+    return sum(right) / len(right)
 
 
 def _ratio(num: float, den: float) -> float:

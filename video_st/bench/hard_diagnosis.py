@@ -9,14 +9,14 @@ Two parts, both on the suite's stage-1 backbone and target set (video_st/bench/h
   the object's tokens against a random choice of the same count. With a frozen backbone and the adapters at
   zero (as they start), this is the selection Sparse-Tuning begins its training from: a layer or query that
   points at the object here is one the method can use; one at chance is one it has to learn around.
-- **The variants**: a method trained again (same budget; the first seed, or the suite's ``variant_seeds``, then
-  the mean +- std over them beside the suite's own rows over the same seeds) with one change each (``VARIANTS``).
-  Sparse-Tuning: the mean-query scoring, the authors' code's fusion (``fuse=sum``), a keep-rate warm-up (1.0 to
-  the target over the first epochs), the first reduction a layer earlier (and the paper's placement scaled to 4
-  layers: 1, 2, 3), the authors' code's Dense Adapter (``dense_adapter_form=published``); Dense Adapters alone
-  with that adapter too; EViT and ToMe reducing where the earlier Sparse-Tuning does (the comparison at equal
-  placement); AS-ViT with its thresholds started at its budget. Their rows sit beside the suite's own rows of
-  the methods they change: top-1, GFLOPs, first-stage recall.
+- **The variants**: a method trained again (same budget; the first seed, or the suite's ``variant_seeds``, then the
+  mean +- std over them beside the suite's own rows over the same seeds) with one change each (``VARIANTS``).
+  Sparse-Tuning: the mean-query scoring, a random choice (the control), the authors' code's fusion (``fuse=sum``),
+  a keep-rate warm-up (1.0 to the target over the first epochs), the first reduction a layer earlier (and the
+  paper's placement scaled to 4 layers: 1, 2, 3), the authors' code's Dense Adapter
+  (``dense_adapter_form=published``); Dense Adapters alone with that adapter too; EViT and ToMe reducing where the
+  earlier Sparse-Tuning does (the comparison at equal placement); AS-ViT with its thresholds started at its budget.
+  Their rows sit beside the suite's own rows of the methods they change: top-1, GFLOPs, first-stage recall.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class Variant:
 # name (``--variants``) -> the run; a bare name changes Sparse-Tuning (see the module docstring)
 VARIANTS: dict[str, Variant] = {
     "score=mean": Variant(method="sparse_tuning", overrides=("model.score=mean",)),
+    # the control: a uniformly random choice of the kept tokens, trained with (the selection oracle's "random",
+    # bench/hard_oracle.py, applies it to weights trained with the [CLS] choice)
+    "score=random": Variant(method="sparse_tuning", overrides=("model.score=random",)),
     "fuse=sum": Variant(method="sparse_tuning", overrides=("model.fuse=sum",)),
     "warmup=3": Variant(method="sparse_tuning", overrides=("optim.keep_rate_warmup_epochs=3",)),
     # the first step where the probe says [CLS] looks

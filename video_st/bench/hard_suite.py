@@ -13,7 +13,9 @@ The steps, each reused on a rerun when its recorded settings are unchanged (a ki
 4. the keep-rate sweep: the keep-rate methods (Sparse-Tuning, EViT, ToMe) at other keep rates, first seed;
 5. CPU clips/s of every trained model (first seed), interleaved on real test clips in one process;
 6. why Sparse-Tuning stands where it does (bench/hard_diagnosis.py): the frozen backbone's own selection per layer
-   and scoring query (no training), and Sparse-Tuning retrained with one change each (first seed).
+   and scoring query (no training), and Sparse-Tuning retrained with one change each (first seed);
+7. the selection oracle (bench/hard_oracle.py): every seed's trained Sparse-Tuning, EViT and Dense Adapters
+   tested again with their tokens chosen by [CLS] attention, by the masks, at random, or all kept (no training).
 
 The training runs of 3, 4 and 6 share one pool (``stage2``): ``jobs`` of them at once, each with its share of
 the cores (bench/jobs.py); stage 1 runs alone, with all of them.
@@ -42,6 +44,7 @@ from ..fileio import sha256_file, write_atomic
 from ..models.methods import list_methods
 from ..synthetic.datasets import make_hard_style
 from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, variant_sweeps
+from .hard_oracle import ORACLE_METHODS, aggregate_oracle, oracle_scores, render_oracle
 from .hard_results import KEEP_RATE_METHODS, aggregate, check_targets, keep_curves
 from .measure import inference_model, inference_step, interleaved_timings, machine_info
 from .plots import plot_foreground, plot_suite
@@ -75,6 +78,7 @@ class HardSuite:
     variants: Sequence[str] = tuple(VARIANTS)  # a method retrained with each; () none
     variant_seeds: Sequence[int] = ()  # of `seeds`, the variants run on; () the first seed
     probe: bool = True  # the frozen backbone's selection per layer and scoring query
+    oracle: bool = True  # the trained top-k models tested with their tokens chosen by the masks, at random, ...
     jobs: int = 1  # stage-2 runs at once, each with its share of the cores (bench/jobs.py); stage 1 runs alone
 
     def all_methods(self) -> list[str]:
@@ -98,6 +102,7 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     per_seed, keep_rows, variants_per_seed = stage2(suite, methods, backbone, data["target"], variant_seeds)
     first = per_seed[suite.seeds[0]]
     probe = selection_probe(suite, stage1, data["target"]) if suite.probe else []
+    oracle, where = selection_oracle(suite, per_seed, data["target"]) if suite.oracle else ([], {})
     variants = _with_variants(aggregate(variants_per_seed, {}), variants_per_seed[variant_seeds[0]])
     # beside them, the suite's own rows of the methods they change, and Dense Adapters' for Sparse-Tuning's (the
     # paper's claim is the distance between the two)
@@ -118,13 +123,15 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     plot_suite(rows, curves, plots["accuracy"], title)
     plot_foreground(rows, plots["foreground"], title + ": kept foreground tokens per stage")
     diagnosis = render_diagnosis(probe, variants, beside, sparse_layers=_sparse_layers(first))
+    if oracle:
+        diagnosis += render_oracle(oracle, **where)
     report = render(suite, stage1, rows, curves, verdicts, plots, diagnosis)
     failed = [r["method"] for rs in [*per_seed.values(), keep_rows, *variants_per_seed.values()] for r in rs
               if r.get("error")]
     write_atomic(os.path.join(suite.output_dir, "suite.json"), json.dumps(
         {"args": dict(args or {}), "suite": asdict(suite), "machine": machine_info("cpu"), "stage1": stage1,
          "per_seed": {str(k): v for k, v in per_seed.items()}, "keep_rate_sweep": keep_rows, "rows": rows,
-         "selection_probe": probe, "variants": variants,
+         "selection_probe": probe, "selection_oracle": oracle, "variants": variants,
          "variants_per_seed": {str(k): v for k, v in variants_per_seed.items()},
          "curves": curves, "verdicts": verdicts, "plots": plots, "failed": failed}, indent=1, default=str) + "\n")
     write_atomic(os.path.join(suite.output_dir, "suite.md"), report + "\n")
@@ -275,12 +282,8 @@ def cpu_speed(suite: HardSuite, rows: Sequence[Mapping[str, Any]], data: str) ->
     for row in rows:
         if row.get("error"):
             continue
-        folder = os.path.join(suite.output_dir, f"seed{suite.seeds[0]}", row["method"])
-        cfg = load_config(TARGET_CONFIG, [f"data.root={data}", f"model.method={row['method']}",
-                                          f"model.num_classes={suite.num_classes}", f"output_dir={folder}",
-                                          *suite.overrides])
-        loaded, _ = tester.load_for_test(cfg, os.path.join(folder, "model_final.pt"))
-        models[row["method"]] = inference_model(loaded.model).eval()
+        model, cfg = _trained(suite, suite.seeds[0], row["method"], data)
+        models[row["method"]] = inference_model(model).eval()
     if not models:
         return {}
     records, _ = read_split(cfg, "test")
@@ -290,6 +293,46 @@ def cpu_speed(suite: HardSuite, rows: Sequence[Mapping[str, Any]], data: str) ->
     steps = {name: inference_step(model, batch, None) for name, model in models.items()}
     timings = interleaved_timings(steps, rounds=suite.speed_rounds, device=torch.device("cpu"))
     return {name: len(clips) / t.median for name, t in timings.items()}
+
+
+def _trained(suite: HardSuite, seed: int, method: str, data: str) -> tuple[torch.nn.Module, Any]:
+    """A suite run's trained model, loaded as the test tool loads it, and the config it was tested with."""
+    folder = os.path.join(suite.output_dir, f"seed{seed}", method)
+    cfg = load_config(TARGET_CONFIG, [f"data.root={data}", f"model.method={method}",
+                                      f"model.num_classes={suite.num_classes}", f"output_dir={folder}",
+                                      *suite.overrides])
+    loaded, _ = tester.load_for_test(cfg, os.path.join(folder, "model_final.pt"))
+    return loaded.model, cfg
+
+
+def selection_oracle(suite: HardSuite, per_seed: Mapping[int, Sequence[Mapping[str, Any]]], data: str
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """bench/hard_oracle on every seed's trained Sparse-Tuning, EViT and Dense Adapters (those that ran), at
+    Sparse-Tuning's layers and keep rate: the rows and the settings (layers, keep rate). Reused while the models'
+    bytes and the settings are unchanged (OUTPUT_DIR/selection_oracle.json); nothing without a Sparse-Tuning run
+    to take the layers from."""
+    first = per_seed[suite.seeds[0]]
+    st = next((r for r in first if r["method"] == "sparse_tuning" and not r.get("error")), None)
+    if st is None:
+        return [], {}
+    where = {"layers": _sparse_layers(first), "keep_rate": float(st["keep_rates"][0])}
+    runs = {(seed, row["method"]): os.path.join(suite.output_dir, f"seed{seed}", row["method"], "model_final.pt")
+            for seed, rows in per_seed.items() for row in rows
+            if row["method"] in ORACLE_METHODS and not row.get("error")}
+    settings = {**where, "models": {f"{s}/{m}": sha256_file(p) for (s, m), p in runs.items()},
+                "target": _data_settings(suite, "target"), "overrides": list(suite.overrides)}
+    path = os.path.join(suite.output_dir, "selection_oracle.json")
+    done = read_json(path)
+    if isinstance(done, dict) and done.get("settings") == settings:
+        return done["rows"], where
+    _log.info("== selection oracle: %d trained models tested with their tokens chosen 4 ways", len(runs))
+    scores: dict[int, dict[str, Any]] = {}
+    for seed, method in runs:
+        model, cfg = _trained(suite, seed, method, data)
+        scores.setdefault(seed, {})[method] = oracle_scores(model, cfg, **where)
+    rows = aggregate_oracle(scores)
+    write_atomic(path, json.dumps({"settings": settings, "per_seed": scores, "rows": rows}, indent=1) + "\n")
+    return rows, where
 
 
 def _trained_with(stage1: Mapping[str, Any]) -> str:

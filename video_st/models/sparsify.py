@@ -29,8 +29,10 @@ from .slots import Reducer
 
 FUSE_MODES = ("mean", "sum")
 # Whose attention row scores the tokens: the [CLS] query's (the paper) or the mean query's (no [CLS] needed: what
-# the whole clip attends to, not what the pretrained classifier token looks at).
-SCORE_QUERIES = ("cls", "mean")
+# the whole clip attends to, not what the pretrained classifier token looks at); "random": the tokens kept are a
+# uniform draw (torch's global generator), fused with the [CLS] row's weights: the control of an ablation, the
+# selection any scoring has to beat.
+SCORE_QUERIES = ("cls", "mean", "random")
 # The id of a token with no place in the original grid, in the kept-token index maps: a fused token, padding of a
 # shorter sample, or (DyT) a token the dispatcher sent past the MLP.
 NO_GRID_ID = -1
@@ -123,12 +125,15 @@ def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
 
 
-def plan_reduction(scores: torch.Tensor, *, keep_rate: float, num_prefix: int, fuse: str = "mean") -> Reduction:
-    """Plan one step from (B, n) importance scores of the non-prefix tokens (e.g. [CLS] attention)."""
+def plan_reduction(scores: torch.Tensor, *, keep_rate: float, num_prefix: int, fuse: str = "mean",
+                   rank: torch.Tensor | None = None) -> Reduction:
+    """Plan one step from (B, n) importance scores of the non-prefix tokens (e.g. [CLS] attention): the top ones
+    kept, the others fused with their scores as weights. ``rank``: (B, n), another order to keep tokens in,
+    highest first (the fusion weights stay the scores); default the scores themselves."""
     if fuse not in FUSE_MODES:
         raise ValueError(f"fuse must be one of {FUSE_MODES}, got {fuse!r}")
     k = keep_count(int(scores.shape[1]), keep_rate)  # int(): under jit tracing shapes are tensors
-    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    order = torch.argsort(scores if rank is None else rank, dim=1, descending=True, stable=True)
     keep_idx = order[:, :k].sort(dim=1).values
     drop_idx = order[:, k:]
     weight = torch.gather(scores, 1, drop_idx)
@@ -181,20 +186,26 @@ class TopKFuse(Reducer):
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {fuse!r}")
         if score not in SCORE_QUERIES:
             raise ValueError(f"score must be one of {SCORE_QUERIES}, got {score!r}")
-        self.keep_rate, self.fuse, self.num_prefix = keep_rate, fuse, num_prefix
-        self.rows = score if class_token else "mean"  # a backbone without [CLS] has only the mean query
+        self.keep_rate, self.fuse, self.num_prefix, self.score = keep_rate, fuse, num_prefix, score
+        # a backbone without [CLS] has only the mean query; a random choice still fuses by attention weights
+        self.rows = "mean" if not class_token else ("cls" if score == "random" else score)
 
     def tokens_after(self, n: int) -> int:
         k = keep_count(n, self.keep_rate)
         return k + 1 if k < n else n  # the kept tokens and the fused one, if any token was dropped
 
+    def token_scores(self, info: AttnInfo) -> torch.Tensor:
+        """(B, n) importance of the non-prefix tokens: their attention from the scoring row, mean over heads."""
+        return info.rows.mean(dim=1)[:, self.num_prefix :]
+
     def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
-        scores = info.rows.mean(dim=1)[:, self.num_prefix :]  # mean over heads, non-prefix keys
-        plan = plan_reduction(scores, keep_rate=self.keep_rate, num_prefix=self.num_prefix, fuse=self.fuse)
+        scores = self.token_scores(info)
+        rank = torch.rand(scores.shape, device=scores.device) if self.score == "random" else None
+        plan = plan_reduction(scores, rank=rank, keep_rate=self.keep_rate, num_prefix=self.num_prefix, fuse=self.fuse)
         return plan.apply(x), plan.apply_state(state)
 
     def extra_repr(self) -> str:
-        return f"keep_rate={self.keep_rate}, fuse={self.fuse}, score={self.rows}"
+        return f"keep_rate={self.keep_rate}, fuse={self.fuse}, score={self.score}, rows={self.rows}"
 
 
 @dataclass(frozen=True)

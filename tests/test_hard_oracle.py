@@ -1,0 +1,133 @@
+"""The selection oracle (video_st/bench/hard_oracle.py) and the orders it needs from the top-k step: a ranking
+apart from the fusion weights (plan_reduction's ``rank``), the random choice (``score="random"``), the object's
+tokens first; hand-built cases, then a tiny model on a small hard set."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from video_st import create_model
+from video_st.bench.hard_oracle import ObjectFirst, SELECTIONS, aggregate_oracle, oracle_scores, with_selection
+from video_st.bench.foreground import foreground_scores
+from video_st.config import load_config
+from video_st.models.sparsify import TopKFuse, plan_reduction
+from video_st.synthetic.datasets import make_hard_style
+
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml")
+
+
+def test_rank_orders_the_kept_tokens_and_the_scores_stay_the_fusion_weights():
+    scores = torch.tensor([[0.1, 0.4, 0.2, 0.3]])
+    plan = plan_reduction(scores, keep_rate=0.5, num_prefix=1, rank=torch.tensor([[4.0, 3.0, 2.0, 1.0]]))
+    assert plan.keep_idx.tolist() == [[0, 1]] and sorted(plan.drop_idx.tolist()[0]) == [2, 3]
+    weights = dict(zip(plan.drop_idx[0].tolist(), plan.drop_weight[0].tolist()))
+    assert weights == pytest.approx({2: 0.4, 3: 0.6})  # 0.2 and 0.3 of their sum, not the rank's 2 and 1
+    default = plan_reduction(scores, keep_rate=0.5, num_prefix=1)
+    assert default.keep_idx.tolist() == [[1, 3]]  # no rank: the scores decide
+
+
+def _model(method="sparse_tuning", **options):
+    torch.manual_seed(3)
+    return create_model("vit_tiny_test", method=method, num_frames=8, img_size=64, num_classes=4,
+                        **options).eval()
+
+
+def _kept(model, clip):
+    with torch.no_grad():
+        return model.forward_features(clip, return_token_ids=True)
+
+
+def test_random_choice_keeps_the_count_draws_anew_and_is_seeded():
+    model = _model(score="random")
+    step = model.blocks[1].reducer
+    assert isinstance(step, TopKFuse) and step.rows == "cls"  # fused by the [CLS] row's weights
+    clip = torch.randn(2, 3, 8, 64, 64)
+    torch.manual_seed(0)
+    out_a, kept_a = _kept(model, clip)
+    out_b, kept_b = _kept(model, clip)
+    torch.manual_seed(0)
+    out_c, kept_c = _kept(model, clip)
+    assert torch.equal(out_a, out_c) and all(torch.equal(a, c) for a, c in zip(kept_a, kept_c))
+    assert not torch.equal(kept_a[0], kept_b[0])
+    assert [k.shape[1] for k in kept_a] == [math.ceil(0.7 * 256) + 1, math.ceil(0.7 * 181) + 1]  # + a fused one
+
+
+def test_selections_replace_only_which_tokens_are_kept():
+    model = _model()
+    clip = torch.randn(2, 3, 8, 64, 64)
+    own, own_kept = _kept(model, clip)
+    # cls: the trained selection exactly; all: the model at keep rate 1
+    cls, cls_kept = _kept(with_selection(model, "cls", layers=[2, 3], keep_rate=0.7), clip)
+    assert torch.equal(cls, own) and all(torch.equal(a, b) for a, b in zip(cls_kept, own_kept))
+    dense = _model()
+    dense.set_keep_rate(1.0)
+    assert torch.allclose(_kept(with_selection(model, "all", layers=[2, 3], keep_rate=0.7), clip)[0],
+                          _kept(dense, clip)[0], atol=1e-6)
+    # object: with no object it is the [CLS] choice; with one, every object token survives both stages
+    probe = with_selection(model, "object", layers=[2, 3], keep_rate=0.7)
+    steps = [b.reducer for b in probe.blocks if isinstance(b.reducer, ObjectFirst)]
+    assert len(steps) == 2
+    for step in steps:
+        step.foreground = torch.zeros(2, 256, dtype=torch.bool)
+    none, none_kept = _kept(probe, clip)
+    assert torch.equal(none, own) and all(torch.equal(a, b) for a, b in zip(none_kept, own_kept))
+    foreground = torch.zeros(2, 256, dtype=torch.bool)
+    # clip 0: tokens the [CLS] choice drops at layer 2; clip 1: ones it keeps at layer 2 and drops at layer 3
+    foreground[0, sorted(set(range(256)) - set(own_kept[0][0].tolist()))[:20]] = True
+    foreground[1, sorted(set(own_kept[0][1].tolist()) - set(own_kept[1][1].tolist()) - {-1})[:10]] = True
+    for step in steps:
+        step.foreground = foreground
+    _, forced = _kept(probe, clip)
+    for stage in forced:
+        for b in range(2):
+            assert set(foreground[b].nonzero().flatten().tolist()) <= set(stage[b].tolist())
+    assert sorted(forced[0][0].tolist()) != sorted(own_kept[0][0].tolist())
+    # a dense model gets the step where Sparse-Tuning has it; other reducers are refused
+    dense_adapter = with_selection(_model("dense_adapter"), "cls", layers=[2, 3], keep_rate=0.7)
+    assert dense_adapter.stage_names() == ["layer 2", "layer 3"]
+    with pytest.raises(ValueError, match="top-k steps only"):
+        with_selection(_model("tome"), "cls", layers=[2, 3], keep_rate=0.7)
+
+
+def test_aggregate_means_over_seeds_and_compares_with_the_cls_choice():
+    def scores(cls, obj, rnd, full):
+        return {"cls": {"top1_pct": cls, "fg1_recall": 0.4}, "object": {"top1_pct": obj, "fg1_recall": 1.0},
+                "random": {"top1_pct": rnd, "fg1_recall": 0.7}, "all": {"top1_pct": full}}
+
+    rows = aggregate_oracle({0: {"sparse_tuning": scores(50, 52, 46, 51)},
+                             1: {"sparse_tuning": scores(44, 48, 42, 43), "evit": scores(40, 41, 39, 42)}})
+    by = {(r["method"], r["selection"]): r for r in rows}
+    assert [(r["method"], r["selection"]) for r in rows] == \
+        [(m, s) for m in ("sparse_tuning", "evit") for s in SELECTIONS]
+    obj = by["sparse_tuning", "object"]
+    assert obj["seeds"] == 2 and obj["test_top1_pct"] == 50 and obj["vs_cls_pct"] == 3
+    assert obj["test_top1_pct_std"] == pytest.approx(math.sqrt(8)) and obj["fg1_recall"] == 1.0
+    assert "fg1_recall" not in by["sparse_tuning", "all"] and by["evit", "all"]["vs_cls_pct"] == 2
+    assert by["evit", "cls"]["seeds"] == 1 and "test_top1_pct_std" not in by["evit", "cls"]
+
+
+@pytest.fixture(scope="module")
+def hard_cfg(tmp_path_factory):
+    s = make_hard_style(tmp_path_factory.mktemp("hard") / "data", num_classes=4, train_per_class=1,
+                        val_per_class=2, num_frames=16, seed=4)
+    # no data.test: the test split the oracle scores (as the suite does) is the val file
+    return load_config(TINY, [f"data.root={s.root}", f"data.train={s.annotation_files['train']}",
+                              f"data.val={s.annotation_files['val']}",
+                              "data.size=64", "data.short_side=64", "data.num_frames=8", "data.stride=2",
+                              "model.num_classes=4", "model.pretrained=none", "data.num_workers=0",
+                              "test.spatial_views=1", "test.temporal_views=1"])
+
+
+def test_oracle_scores_on_real_clips_agree_with_the_models_own_test(hard_cfg):
+    model = _model()
+    result = oracle_scores(model, hard_cfg, layers=[2, 3], keep_rate=0.7, draws=2)
+    assert list(result) == list(SELECTIONS)
+    own = foreground_scores(model, hard_cfg, split="test")
+    assert result["cls"]["top1_pct"] == pytest.approx(100 * own.top1)
+    assert result["cls"]["fg1_recall"] == pytest.approx(own.stages[0].recall)
+    assert result["object"]["fg1_recall"] == 1.0 and "fg1_recall" not in result["all"]
+    assert 0 < result["random"]["fg1_recall"] < 1
+    # seeded: the same model scores the same twice
+    assert oracle_scores(model, hard_cfg, layers=[2, 3], keep_rate=0.7, draws=2) == result

@@ -1,0 +1,159 @@
+"""Does the choice of tokens explain what a reduction costs on the hard task? Trained models tested again with
+their selection replaced, the weights unchanged (no training).
+
+Each of the suite's trained models of the top-k family (Sparse-Tuning, EViT, and Dense Adapters: Sparse-Tuning
+without its reduction) is tested on the suite's test views with the top-k step at Sparse-Tuning's layers and keep
+rate, its tokens chosen four ways (``SELECTIONS``):
+
+- ``cls``: by the model's own [CLS] attention (for Sparse-Tuning and EViT the selection they were trained with,
+  so their suite figure; for Dense Adapters a step added at test time);
+- ``object``: the ground-truth object's tokens first (the masks, bench/foreground.py), then by [CLS] attention:
+  the best any scoring could do for the object;
+- ``random``: a uniformly random choice of the same count (``score="random"``, seeded);
+- ``all``: no token dropped (keep rate 1).
+
+The fused token is formed as the method forms it in every case (the dropped tokens' attention-weighted mean): only
+which tokens are kept changes. Reading the table: ``object`` well above ``cls`` says the scoring misses what the
+classes need; ``object`` close to ``cls`` and ``all`` well above both says it is the reduction itself, whichever
+tokens it keeps; Dense Adapters' ``cls`` against Sparse-Tuning's says what training with the reduction buys.
+Imported by tools and tests only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ..engine.build import split_file
+from ..models.layers import AttnInfo
+from ..models.slots import Reducer
+from ..models.sparsify import TokenState, TopKFuse, plan_reduction
+from ..synthetic.masks import masks_beside
+from .foreground import foreground_scores
+from .tables import markdown_table
+
+SELECTIONS = ("cls", "object", "random", "all")
+# the suite's models the oracle tests again: the [CLS]-attention top-k family and its dense counterpart
+ORACLE_METHODS = ("sparse_tuning", "evit", "dense_adapter")
+
+
+class ObjectFirst(TopKFuse):
+    """The top-k + fuse step keeping the ground-truth object's tokens first, then the others by score; the
+    fusion weights stay the scores. ``foreground``: (B, N) bool over the grid's N tokens, the ones the object
+    covers in the batch about to run, set before each forward."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.foreground: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
+        scores = self.token_scores(info)
+        if self.foreground is None or self.foreground.shape[0] != scores.shape[0]:
+            raise ValueError("ObjectFirst: set the batch's foreground before its forward")
+        ids = state.ids
+        on_object = self.foreground.to(scores.device).gather(1, ids.clamp_min(0)) & (ids >= 0)  # fused: never
+        rank = scores + 2.0 * on_object  # attention weights are <= 1: every object token ranks above the rest
+        plan = plan_reduction(scores, rank=rank, keep_rate=self.keep_rate, num_prefix=self.num_prefix,
+                              fuse=self.fuse)
+        return plan.apply(x), plan.apply_state(state)
+
+
+def with_selection(model: torch.nn.Module, selection: str, *, layers: Sequence[int],
+                   keep_rate: float) -> torch.nn.Module:
+    """A copy of ``model`` (a VideoViT whose reducers, if any, are top-k steps) in eval mode, with top-k steps at
+    ``layers`` (1-based) choosing by ``selection`` at ``keep_rate`` and none elsewhere (none at all for
+    ``all``). The fusion: the model's own steps' where it has them, else Sparse-Tuning's default (mean)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    probe = copy.deepcopy(model)
+    own = [b.reducer for b in probe.blocks if b.reducer.reduces]
+    if any(type(r) is not TopKFuse for r in own):
+        raise ValueError(f"{type(own[0]).__name__}: the oracle replaces top-k steps only (the methods "
+                         f"{', '.join(ORACLE_METHODS)})")
+    prefix = own[0].num_prefix if own else probe.num_prefix_tokens + probe.prompts.num_prompts
+    step = {"keep_rate": keep_rate, "fuse": own[0].fuse if own else "mean", "num_prefix": prefix}
+    for i, block in enumerate(probe.blocks, start=1):
+        if selection == "all" or i not in layers:
+            block.reducer = Reducer()
+        elif selection == "object":
+            block.reducer = ObjectFirst(**step)
+        else:
+            block.reducer = TopKFuse(score=selection, **step)
+    return probe.eval()
+
+
+def oracle_scores(model: torch.nn.Module, cfg: DictConfig, *, layers: Sequence[int], keep_rate: float,
+                  draws: int = 3) -> dict[str, dict[str, Any]]:
+    """selection -> {"top1_pct", "fg1_recall"} of ``model`` on the test protocol's views of ``cfg``'s data
+    (the test split and its masks, as the suite scores its runs: bench/sweeps.foreground_fields). ``random``:
+    the mean of ``draws`` seeded draws (one draw's top-1 moves by a few test videos)."""
+    out = {}
+    for selection in SELECTIONS:
+        probe = with_selection(model, selection, layers=layers, keep_rate=keep_rate)
+        told = [b.reducer for b in probe.blocks if isinstance(b.reducer, ObjectFirst)]
+
+        def tell(foreground: np.ndarray, told: Sequence[ObjectFirst] = told) -> None:
+            grid = torch.as_tensor(foreground).reshape(len(foreground), -1)
+            for step in told:
+                step.foreground = grid
+
+        results = []
+        for draw in range(draws if selection == "random" else 1):
+            with torch.random.fork_rng(devices=[]):  # seeded here; the caller's generator is left as it was
+                torch.manual_seed(draw)
+                results.append(foreground_scores(
+                    probe, cfg, split="test", masks_file=masks_beside(split_file(cfg, "test")),
+                    temporal_views=int(cfg.test.temporal_views), spatial_views=int(cfg.test.spatial_views),
+                    before_batch=tell))
+        out[selection] = {"top1_pct": statistics.fmean(100 * r.top1 for r in results)}
+        if results[0].stages:
+            out[selection]["fg1_recall"] = statistics.fmean(r.stages[0].recall for r in results)
+    return out
+
+
+def aggregate_oracle(per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[str, Any]]]]) -> list[dict[str, Any]]:
+    """seed -> method -> selection -> scores (oracle_scores) => one row per (method, selection): the mean over
+    seeds (the std where >= 2) of top-1, the change against the method's own ``cls`` selection on the same
+    seeds, the mean first-stage recall."""
+    rows = []
+    methods = list(dict.fromkeys(m for by_method in per_seed.values() for m in by_method))
+    for method in methods:
+        seeds = [s for s in per_seed if method in per_seed[s]]
+        for selection in SELECTIONS:
+            runs = [per_seed[s][method][selection] for s in seeds]
+            top1 = [r["top1_pct"] for r in runs]
+            change = [r["top1_pct"] - per_seed[s][method]["cls"]["top1_pct"] for s, r in zip(seeds, runs)]
+            recall = [r["fg1_recall"] for r in runs if isinstance(r.get("fg1_recall"), (int, float))]
+            row: dict[str, Any] = {"method": method, "selection": selection, "seeds": len(runs),
+                                   "test_top1_pct": statistics.fmean(top1),
+                                   "vs_cls_pct": statistics.fmean(change)}
+            if len(top1) > 1:
+                row["test_top1_pct_std"] = statistics.stdev(top1)
+            if recall:
+                row["fg1_recall"] = statistics.fmean(recall)
+            rows.append(row)
+    return rows
+
+
+def render_oracle(rows: Sequence[Mapping[str, Any]], *, layers: Sequence[int], keep_rate: float) -> list[str]:
+    """The report's section: the table of aggregate_oracle's rows and how to read it."""
+    if not rows:
+        return []
+    seeds = max(r["seeds"] for r in rows)
+    lines = [f"Selection oracle: the trained models tested again with their top-k step at layers "
+             f"{'+'.join(map(str, layers))}, keep {keep_rate:g}, choosing its tokens by the model's [CLS] "
+             f"attention (cls), the object's tokens first (object, the ground truth), at random, or keeping all "
+             f"(no reduction); the weights unchanged; {seeds} seed(s); vs_cls: top-1 change against cls on the "
+             "same seeds:", ""]
+    columns = ["method", "selection", "seeds", "test_top1_pct", "test_top1_pct_std", "vs_cls_pct", "fg1_recall"]
+    columns = [c for c in columns if any(c in r for r in rows)]
+    lines += [markdown_table([{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+                              for r in rows], columns), ""]
+    return lines
