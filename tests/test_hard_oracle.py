@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from video_st import create_model
-from video_st.bench.hard_oracle import ObjectFirst, SELECTIONS, aggregate_oracle, oracle_scores, with_selection
+from video_st.bench.hard_oracle import (SELECTIONS, ObjectFirst, aggregate_oracle, oracle_scores, own_reduction,
+                                        render_oracle, with_selection)
 from video_st.bench.foreground import foreground_scores
 from video_st.config import load_config
 from video_st.models.sparsify import TopKFuse, plan_reduction
@@ -84,28 +85,40 @@ def test_selections_replace_only_which_tokens_are_kept():
         for b in range(2):
             assert set(foreground[b].nonzero().flatten().tolist()) <= set(stage[b].tolist())
     assert sorted(forced[0][0].tolist()) != sorted(own_kept[0][0].tolist())
-    # a dense model gets the step where Sparse-Tuning has it; other reducers are refused
-    dense_adapter = with_selection(_model("dense_adapter"), "cls", layers=[2, 3], keep_rate=0.7)
-    assert dense_adapter.stage_names() == ["layer 2", "layer 3"]
+    # a dense model gets the step where it is told (one keep rate per layer too); other reducers are refused
+    assert own_reduction(model) == {"layers": [2, 3], "keep_rate": [0.7, 0.7]}
+    assert own_reduction(_model("dense_adapter")) is None
+    dense_adapter = with_selection(_model("dense_adapter"), "cls", layers=[2, 3], keep_rate=[0.7, 0.5])
+    assert dense_adapter.stage_names() == ["layer 2", "layer 3"] and dense_adapter.keep_rates == (0.7, 0.5)
     with pytest.raises(ValueError, match="top-k steps only"):
         with_selection(_model("tome"), "cls", layers=[2, 3], keep_rate=0.7)
 
 
 def test_aggregate_means_over_seeds_and_compares_with_the_cls_choice():
-    def scores(cls, obj, rnd, full):
-        return {"cls": {"top1_pct": cls, "fg1_recall": 0.4}, "object": {"top1_pct": obj, "fg1_recall": 1.0},
-                "random": {"top1_pct": rnd, "fg1_recall": 0.7}, "all": {"top1_pct": full}}
+    def scores(method, cls, obj, rnd, full, layers=(2, 3)):
+        return {"method": method, "layers": list(layers), "keep_rate": [0.7] * len(layers), "selections": {
+            "cls": {"top1_pct": cls, "fg1_recall": 0.4}, "object": {"top1_pct": obj, "fg1_recall": 1.0},
+            "random": {"top1_pct": rnd, "fg1_recall": 0.7}, "all": {"top1_pct": full}}}
 
-    rows = aggregate_oracle({0: {"sparse_tuning": scores(50, 52, 46, 51)},
-                             1: {"sparse_tuning": scores(44, 48, 42, 43), "evit": scores(40, 41, 39, 42)}})
-    by = {(r["method"], r["selection"]): r for r in rows}
-    assert [(r["method"], r["selection"]) for r in rows] == \
-        [(m, s) for m in ("sparse_tuning", "evit") for s in SELECTIONS]
+    rows = aggregate_oracle({
+        0: {"sparse_tuning": scores("sparse_tuning", 50, 52, 46, 51)},
+        1: {"sparse_tuning": scores("sparse_tuning", 44, 48, 42, 43), "evit": scores("evit", 40, 41, 39, 42),
+            "layers=1+3": scores("sparse_tuning", 45, 45, 45, 47, layers=(1, 3))}})
+    by = {(r["model"], r["selection"]): r for r in rows}
+    assert [(r["model"], r["selection"]) for r in rows] == \
+        [(m, s) for m in ("sparse_tuning", "evit", "layers=1+3") for s in SELECTIONS]
     obj = by["sparse_tuning", "object"]
     assert obj["seeds"] == 2 and obj["test_top1_pct"] == 50 and obj["vs_cls_pct"] == 3
     assert obj["test_top1_pct_std"] == pytest.approx(math.sqrt(8)) and obj["fg1_recall"] == 1.0
     assert "fg1_recall" not in by["sparse_tuning", "all"] and by["evit", "all"]["vs_cls_pct"] == 2
     assert by["evit", "cls"]["seeds"] == 1 and "test_top1_pct_std" not in by["evit", "cls"]
+    assert by["layers=1+3", "all"]["method"] == "sparse_tuning" and by["layers=1+3", "all"]["layers"] == [1, 3]
+    # the report: one line per model, mean +- std where there are two seeds
+    table = [line for line in "\n".join(render_oracle(rows)).splitlines() if line.startswith("| ")]
+    assert table[0] == "| model | layers | keep_rate | seeds | cls | object | random | all | cls_recall |"
+    assert table[1] == "| sparse_tuning | 2+3 | 0.7/0.7 | 2 | 47.0 +- 4.2 | 50.0 +- 2.8 | 44.0 +- 2.8 | " \
+                       "47.0 +- 5.7 | 0.400 |"
+    assert table[3] == "| layers=1+3 | 1+3 | 0.7/0.7 | 1 | 45.0 | 45.0 | 45.0 | 47.0 | 0.400 |"
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,22 @@
 """Does the choice of tokens explain what a reduction costs on the hard task? Trained models tested again with
 their selection replaced, the weights unchanged (no training).
 
-Each of the suite's trained models of the top-k family (Sparse-Tuning, EViT, and Dense Adapters: Sparse-Tuning
-without its reduction) is tested on the suite's test views with the top-k step at Sparse-Tuning's layers and keep
-rate, its tokens chosen four ways (``SELECTIONS``):
+Each of the suite's trained models of the top-k family (Sparse-Tuning, EViT, Dense Adapters: Sparse-Tuning
+without its reduction, and their variants) is tested on the suite's test views with its top-k steps where it has
+them (a dense model: at Sparse-Tuning's layers and keep rate), their tokens chosen four ways (``SELECTIONS``):
 
-- ``cls``: by the model's own [CLS] attention (for Sparse-Tuning and EViT the selection they were trained with,
-  so their suite figure; for Dense Adapters a step added at test time);
+- ``cls``: by the model's [CLS] attention (for Sparse-Tuning and EViT the selection they were trained with, so
+  their suite figure; for Dense Adapters a step added at test time);
 - ``object``: the ground-truth object's tokens first (the masks, bench/foreground.py), then by [CLS] attention:
   the best any scoring could do for the object;
-- ``random``: a uniformly random choice of the same count (``score="random"``, seeded);
+- ``random``: a uniformly random choice of the same count (``score="random"``, seeded draws);
 - ``all``: no token dropped (keep rate 1).
 
 The fused token is formed as the method forms it in every case (the dropped tokens' attention-weighted mean): only
 which tokens are kept changes. Reading the table: ``object`` well above ``cls`` says the scoring misses what the
-classes need; ``object`` close to ``cls`` and ``all`` well above both says it is the reduction itself, whichever
-tokens it keeps; Dense Adapters' ``cls`` against Sparse-Tuning's says what training with the reduction buys.
-Imported by tools and tests only.
+model would use; all four close together says the weights do not depend on the choice (they learned without
+what the reduction drops); Dense Adapters' ``cls`` against Sparse-Tuning's says what training with the reduction
+buys. Imported by tools and tests only.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from ..engine.build import split_file
 from ..models.layers import AttnInfo
 from ..models.slots import Reducer
-from ..models.sparsify import TokenState, TopKFuse, plan_reduction
+from ..models.sparsify import TokenState, TopKFuse, expand_keep_rates, plan_reduction
 from ..synthetic.masks import masks_beside
 from .foreground import foreground_scores
 from .tables import markdown_table
@@ -66,10 +66,11 @@ class ObjectFirst(TopKFuse):
 
 
 def with_selection(model: torch.nn.Module, selection: str, *, layers: Sequence[int],
-                   keep_rate: float) -> torch.nn.Module:
+                   keep_rate: float | Sequence[float]) -> torch.nn.Module:
     """A copy of ``model`` (a VideoViT whose reducers, if any, are top-k steps) in eval mode, with top-k steps at
-    ``layers`` (1-based) choosing by ``selection`` at ``keep_rate`` and none elsewhere (none at all for
-    ``all``). The fusion: the model's own steps' where it has them, else Sparse-Tuning's default (mean)."""
+    ``layers`` (1-based) choosing by ``selection`` at ``keep_rate`` (one, or one per layer) and none elsewhere
+    (none at all for ``all``). The fusion: the model's own steps' where it has them, else Sparse-Tuning's
+    default (mean)."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     probe = copy.deepcopy(model)
@@ -78,19 +79,20 @@ def with_selection(model: torch.nn.Module, selection: str, *, layers: Sequence[i
         raise ValueError(f"{type(own[0]).__name__}: the oracle replaces top-k steps only (the methods "
                          f"{', '.join(ORACLE_METHODS)})")
     prefix = own[0].num_prefix if own else probe.num_prefix_tokens + probe.prompts.num_prompts
-    step = {"keep_rate": keep_rate, "fuse": own[0].fuse if own else "mean", "num_prefix": prefix}
+    rates = dict(zip(layers, expand_keep_rates(keep_rate, len(layers)), strict=True))
+    step = {"fuse": own[0].fuse if own else "mean", "num_prefix": prefix}
     for i, block in enumerate(probe.blocks, start=1):
-        if selection == "all" or i not in layers:
+        if selection == "all" or i not in rates:
             block.reducer = Reducer()
         elif selection == "object":
-            block.reducer = ObjectFirst(**step)
+            block.reducer = ObjectFirst(keep_rate=rates[i], **step)
         else:
-            block.reducer = TopKFuse(score=selection, **step)
+            block.reducer = TopKFuse(keep_rate=rates[i], score=selection, **step)
     return probe.eval()
 
 
-def oracle_scores(model: torch.nn.Module, cfg: DictConfig, *, layers: Sequence[int], keep_rate: float,
-                  draws: int = 3) -> dict[str, dict[str, Any]]:
+def oracle_scores(model: torch.nn.Module, cfg: DictConfig, *, layers: Sequence[int],
+                  keep_rate: float | Sequence[float], draws: int = 3) -> dict[str, dict[str, Any]]:
     """selection -> {"top1_pct", "fg1_recall"} of ``model`` on the test protocol's views of ``cfg``'s data
     (the test split and its masks, as the suite scores its runs: bench/sweeps.foreground_fields). ``random``:
     the mean of ``draws`` seeded draws (one draw's top-1 moves by a few test videos)."""
@@ -118,22 +120,30 @@ def oracle_scores(model: torch.nn.Module, cfg: DictConfig, *, layers: Sequence[i
     return out
 
 
-def aggregate_oracle(per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[str, Any]]]]) -> list[dict[str, Any]]:
-    """seed -> method -> selection -> scores (oracle_scores) => one row per (method, selection): the mean over
-    seeds (the std where >= 2) of top-1, the change against the method's own ``cls`` selection on the same
-    seeds, the mean first-stage recall."""
+def own_reduction(model: torch.nn.Module) -> dict[str, Any] | None:
+    """Where ``model`` reduces: {"layers", "keep_rate"} of its top-k steps (one rate per stage), None for a
+    model that keeps every token (the oracle then places the step as it is told)."""
+    steps = [(i, b.reducer.keep_rate) for i, b in enumerate(model.blocks, start=1) if b.reducer.reduces]
+    return {"layers": [i for i, _ in steps], "keep_rate": [r for _, r in steps]} if steps else None
+
+
+def aggregate_oracle(per_seed: Mapping[Any, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """seed -> model label -> {"method", "layers", "keep_rate", "selections": oracle_scores(...)} => one row per
+    (model, selection), models in first-seen order: the mean over its seeds (the std where >= 2) of top-1, the
+    change against the same model's ``cls`` selection on the same seeds, the mean first-stage recall."""
     rows = []
-    methods = list(dict.fromkeys(m for by_method in per_seed.values() for m in by_method))
-    for method in methods:
-        seeds = [s for s in per_seed if method in per_seed[s]]
+    labels = list(dict.fromkeys(label for by_label in per_seed.values() for label in by_label))
+    for label in labels:
+        seeds = [s for s in per_seed if label in per_seed[s]]
+        first = per_seed[seeds[0]][label]
         for selection in SELECTIONS:
-            runs = [per_seed[s][method][selection] for s in seeds]
-            top1 = [r["top1_pct"] for r in runs]
-            change = [r["top1_pct"] - per_seed[s][method]["cls"]["top1_pct"] for s, r in zip(seeds, runs)]
-            recall = [r["fg1_recall"] for r in runs if isinstance(r.get("fg1_recall"), (int, float))]
-            row: dict[str, Any] = {"method": method, "selection": selection, "seeds": len(runs),
+            runs = [per_seed[s][label]["selections"] for s in seeds]
+            top1 = [r[selection]["top1_pct"] for r in runs]
+            recall = [r[selection]["fg1_recall"] for r in runs if "fg1_recall" in r[selection]]
+            row: dict[str, Any] = {"model": label, "method": first["method"], "layers": list(first["layers"]),
+                                   "keep_rate": first["keep_rate"], "selection": selection, "seeds": len(runs),
                                    "test_top1_pct": statistics.fmean(top1),
-                                   "vs_cls_pct": statistics.fmean(change)}
+                                   "vs_cls_pct": statistics.fmean(t - r["cls"]["top1_pct"] for t, r in zip(top1, runs))}
             if len(top1) > 1:
                 row["test_top1_pct_std"] = statistics.stdev(top1)
             if recall:
@@ -142,18 +152,33 @@ def aggregate_oracle(per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[st
     return rows
 
 
-def render_oracle(rows: Sequence[Mapping[str, Any]], *, layers: Sequence[int], keep_rate: float) -> list[str]:
-    """The report's section: the table of aggregate_oracle's rows and how to read it."""
+def render_oracle(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's section: one line per model, its top-1 (mean +- std over seeds) under each selection and
+    its first-stage recall under ``cls``, and how to read it."""
     if not rows:
         return []
-    seeds = max(r["seeds"] for r in rows)
-    lines = [f"Selection oracle: the trained models tested again with their top-k step at layers "
-             f"{'+'.join(map(str, layers))}, keep {keep_rate:g}, choosing its tokens by the model's [CLS] "
-             f"attention (cls), the object's tokens first (object, the ground truth), at random, or keeping all "
-             f"(no reduction); the weights unchanged; {seeds} seed(s); vs_cls: top-1 change against cls on the "
-             "same seeds:", ""]
-    columns = ["method", "selection", "seeds", "test_top1_pct", "test_top1_pct_std", "vs_cls_pct", "fg1_recall"]
-    columns = [c for c in columns if any(c in r for r in rows)]
-    lines += [markdown_table([{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
-                              for r in rows], columns), ""]
+    lines = ["Selection oracle: each trained model tested again, the weights unchanged, with its top-k step (at "
+             "its own layers and keep rate; a dense model's at Sparse-Tuning's) choosing its tokens by the "
+             "model's [CLS] attention (cls), the object's tokens first (object: the ground truth), at random, or "
+             "keeping all (no reduction); top-1 %, mean +- std over seeds; models: the suite's methods and the "
+             "variants by name:", ""]
+    table = []
+    for label in dict.fromkeys(r["model"] for r in rows):
+        mine = {r["selection"]: r for r in rows if r["model"] == label}
+        cls = mine["cls"]
+        line = {"model": label, "layers": "+".join(map(str, cls["layers"])),
+                "keep_rate": "/".join(f"{k:g}" for k in np.atleast_1d(cls["keep_rate"])), "seeds": cls["seeds"],
+                **{selection: _mean_std(mine[selection]) for selection in SELECTIONS}}
+        if "fg1_recall" in cls:
+            line["cls_recall"] = cls["fg1_recall"]
+        table.append(line)
+    columns = ["model", "layers", "keep_rate", "seeds", *SELECTIONS, "cls_recall"]
+    lines += [markdown_table(table, [c for c in columns if any(c in r for r in table)]), ""]
     return lines
+
+
+def _mean_std(row: Mapping[str, Any]) -> str:
+    mean = row["test_top1_pct"]
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.1f} +- {row['test_top1_pct_std']:.1f}" if "test_top1_pct_std" in row else f"{mean:.1f}"

@@ -14,8 +14,9 @@ The steps, each reused on a rerun when its recorded settings are unchanged (a ki
 5. CPU clips/s of every trained model (first seed), interleaved on real test clips in one process;
 6. why Sparse-Tuning stands where it does (bench/hard_diagnosis.py): the frozen backbone's own selection per layer
    and scoring query (no training), and Sparse-Tuning retrained with one change each (first seed);
-7. the selection oracle (bench/hard_oracle.py): every seed's trained Sparse-Tuning, EViT and Dense Adapters
-   tested again with their tokens chosen by [CLS] attention, by the masks, at random, or all kept (no training).
+7. the selection oracle (bench/hard_oracle.py): every seed's trained Sparse-Tuning, EViT and Dense Adapters (and
+   their variants) tested again with their tokens chosen by [CLS] attention, by the masks, at random, or all
+   kept (no training).
 
 The training runs of 3, 4 and 6 share one pool (``stage2``): ``jobs`` of them at once, each with its share of
 the cores (bench/jobs.py); stage 1 runs alone, with all of them.
@@ -44,7 +45,7 @@ from ..fileio import sha256_file, write_atomic
 from ..models.methods import list_methods
 from ..synthetic.datasets import make_hard_style
 from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, variant_sweeps
-from .hard_oracle import ORACLE_METHODS, aggregate_oracle, oracle_scores, render_oracle
+from .hard_oracle import ORACLE_METHODS, aggregate_oracle, oracle_scores, own_reduction, render_oracle
 from .hard_results import KEEP_RATE_METHODS, aggregate, check_targets, keep_curves
 from .measure import inference_model, inference_step, interleaved_timings, machine_info
 from .plots import plot_foreground, plot_suite
@@ -102,8 +103,8 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     per_seed, keep_rows, variants_per_seed = stage2(suite, methods, backbone, data["target"], variant_seeds)
     first = per_seed[suite.seeds[0]]
     probe = selection_probe(suite, stage1, data["target"]) if suite.probe else []
-    oracle, where = selection_oracle(suite, per_seed, data["target"]) if suite.oracle else ([], {})
     variants = _with_variants(aggregate(variants_per_seed, {}), variants_per_seed[variant_seeds[0]])
+    oracle = selection_oracle(suite, per_seed, variants_per_seed, data["target"]) if suite.oracle else []
     # beside them, the suite's own rows of the methods they change, and Dense Adapters' for Sparse-Tuning's (the
     # paper's claim is the distance between the two)
     changed = {VARIANTS[name].method for name in suite.variants}
@@ -123,8 +124,7 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     plot_suite(rows, curves, plots["accuracy"], title)
     plot_foreground(rows, plots["foreground"], title + ": kept foreground tokens per stage")
     diagnosis = render_diagnosis(probe, variants, beside, sparse_layers=_sparse_layers(first))
-    if oracle:
-        diagnosis += render_oracle(oracle, **where)
+    diagnosis += render_oracle(oracle)
     report = render(suite, stage1, rows, curves, verdicts, plots, diagnosis)
     failed = [r["method"] for rs in [*per_seed.values(), keep_rows, *variants_per_seed.values()] for r in rs
               if r.get("error")]
@@ -282,7 +282,7 @@ def cpu_speed(suite: HardSuite, rows: Sequence[Mapping[str, Any]], data: str) ->
     for row in rows:
         if row.get("error"):
             continue
-        model, cfg = _trained(suite, suite.seeds[0], row["method"], data)
+        model, cfg = _trained(suite, row, data)
         models[row["method"]] = inference_model(model).eval()
     if not models:
         return {}
@@ -295,44 +295,48 @@ def cpu_speed(suite: HardSuite, rows: Sequence[Mapping[str, Any]], data: str) ->
     return {name: len(clips) / t.median for name, t in timings.items()}
 
 
-def _trained(suite: HardSuite, seed: int, method: str, data: str) -> tuple[torch.nn.Module, Any]:
-    """A suite run's trained model, loaded as the test tool loads it, and the config it was tested with."""
-    folder = os.path.join(suite.output_dir, f"seed{seed}", method)
-    cfg = load_config(TARGET_CONFIG, [f"data.root={data}", f"model.method={method}",
-                                      f"model.num_classes={suite.num_classes}", f"output_dir={folder}",
-                                      *suite.overrides])
-    loaded, _ = tester.load_for_test(cfg, os.path.join(folder, "model_final.pt"))
+def _trained(suite: HardSuite, row: Mapping[str, Any], data: str) -> tuple[torch.nn.Module, Any]:
+    """A suite run's trained model (its row's checkpoint), loaded as the test tool loads it, and the config it
+    was tested with (a variant's: with the variant's overrides, which the model's spec holds)."""
+    extra = VARIANTS[row["variant"]].overrides if row.get("variant") else ()
+    cfg = load_config(TARGET_CONFIG, [f"data.root={data}", f"model.method={row['method']}",
+                                      f"model.num_classes={suite.num_classes}",
+                                      f"output_dir={os.path.dirname(row['checkpoint'])}", *suite.overrides, *extra])
+    loaded, _ = tester.load_for_test(cfg, row["checkpoint"])
     return loaded.model, cfg
 
 
-def selection_oracle(suite: HardSuite, per_seed: Mapping[int, Sequence[Mapping[str, Any]]], data: str
-                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """bench/hard_oracle on every seed's trained Sparse-Tuning, EViT and Dense Adapters (those that ran), at
-    Sparse-Tuning's layers and keep rate: the rows and the settings (layers, keep rate). Reused while the models'
-    bytes and the settings are unchanged (OUTPUT_DIR/selection_oracle.json); nothing without a Sparse-Tuning run
-    to take the layers from."""
+def selection_oracle(suite: HardSuite, per_seed: Mapping[int, Sequence[Mapping[str, Any]]],
+                     variants_per_seed: Mapping[int, Sequence[Mapping[str, Any]]], data: str) -> list[dict[str, Any]]:
+    """bench/hard_oracle on every seed's trained Sparse-Tuning, EViT and Dense Adapters and their variants (the
+    runs that finished), each at its own layers and keep rate, a dense one at Sparse-Tuning's: its rows. Reused
+    while the models' bytes and the settings are unchanged (OUTPUT_DIR/selection_oracle.json); nothing without
+    a Sparse-Tuning run to place a dense model's step."""
     first = per_seed[suite.seeds[0]]
     st = next((r for r in first if r["method"] == "sparse_tuning" and not r.get("error")), None)
     if st is None:
-        return [], {}
-    where = {"layers": _sparse_layers(first), "keep_rate": float(st["keep_rates"][0])}
-    runs = {(seed, row["method"]): os.path.join(suite.output_dir, f"seed{seed}", row["method"], "model_final.pt")
-            for seed, rows in per_seed.items() for row in rows
-            if row["method"] in ORACLE_METHODS and not row.get("error")}
-    settings = {**where, "models": {f"{s}/{m}": sha256_file(p) for (s, m), p in runs.items()},
+        return []
+    dense = {"layers": _sparse_layers(first), "keep_rate": list(st["keep_rates"])}
+    runs = [(seed, row.get("variant") or row["method"], row)
+            for table in (per_seed, variants_per_seed) for seed, rows in table.items() for row in rows
+            if row["method"] in ORACLE_METHODS and not row.get("error")]
+    settings = {"dense": dense, "models": {f"{seed}/{label}": sha256_file(row["checkpoint"])
+                                           for seed, label, row in runs},
                 "target": _data_settings(suite, "target"), "overrides": list(suite.overrides)}
     path = os.path.join(suite.output_dir, "selection_oracle.json")
     done = read_json(path)
     if isinstance(done, dict) and done.get("settings") == settings:
-        return done["rows"], where
+        return done["rows"]
     _log.info("== selection oracle: %d trained models tested with their tokens chosen 4 ways", len(runs))
     scores: dict[int, dict[str, Any]] = {}
-    for seed, method in runs:
-        model, cfg = _trained(suite, seed, method, data)
-        scores.setdefault(seed, {})[method] = oracle_scores(model, cfg, **where)
+    for seed, label, row in runs:
+        model, cfg = _trained(suite, row, data)
+        where = own_reduction(model) or dense
+        scores.setdefault(seed, {})[label] = {"method": row["method"], **where,
+                                              "selections": oracle_scores(model, cfg, **where)}
     rows = aggregate_oracle(scores)
     write_atomic(path, json.dumps({"settings": settings, "per_seed": scores, "rows": rows}, indent=1) + "\n")
-    return rows, where
+    return rows
 
 
 def _trained_with(stage1: Mapping[str, Any]) -> str:
