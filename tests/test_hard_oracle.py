@@ -60,8 +60,11 @@ def test_selections_replace_only_which_tokens_are_kept():
     clip = torch.randn(2, 3, 8, 64, 64)
     own, own_kept = _kept(model, clip)
     # cls: the trained selection exactly; all: the model at keep rate 1
-    cls, cls_kept = _kept(with_selection(model, "cls", layers=[2, 3], keep_rate=0.7), clip)
+    cls, cls_kept = _kept(with_selection(model, "own", layers=[2, 3], keep_rate=0.7), clip)
     assert torch.equal(cls, own) and all(torch.equal(a, b) for a, b in zip(cls_kept, own_kept))
+    mean_scored = _model(score="mean")  # own: the model's own scoring, here the mean query's
+    assert torch.equal(_kept(with_selection(mean_scored, "own", layers=[2, 3], keep_rate=0.7), clip)[0],
+                       _kept(mean_scored, clip)[0])
     dense = _model()
     dense.set_keep_rate(1.0)
     assert torch.allclose(_kept(with_selection(model, "all", layers=[2, 3], keep_rate=0.7), clip)[0],
@@ -88,16 +91,16 @@ def test_selections_replace_only_which_tokens_are_kept():
     # a dense model gets the step where it is told (one keep rate per layer too); other reducers are refused
     assert own_reduction(model) == {"layers": [2, 3], "keep_rate": [0.7, 0.7]}
     assert own_reduction(_model("dense_adapter")) is None
-    dense_adapter = with_selection(_model("dense_adapter"), "cls", layers=[2, 3], keep_rate=[0.7, 0.5])
+    dense_adapter = with_selection(_model("dense_adapter"), "own", layers=[2, 3], keep_rate=[0.7, 0.5])
     assert dense_adapter.stage_names() == ["layer 2", "layer 3"] and dense_adapter.keep_rates == (0.7, 0.5)
     with pytest.raises(ValueError, match="top-k steps only"):
-        with_selection(_model("tome"), "cls", layers=[2, 3], keep_rate=0.7)
+        with_selection(_model("tome"), "own", layers=[2, 3], keep_rate=0.7)
 
 
 def test_aggregate_means_over_seeds_and_compares_with_the_cls_choice():
     def scores(method, cls, obj, rnd, full, layers=(2, 3)):
         return {"method": method, "layers": list(layers), "keep_rate": [0.7] * len(layers), "selections": {
-            "cls": {"top1_pct": cls, "fg1_recall": 0.4}, "object": {"top1_pct": obj, "fg1_recall": 1.0},
+            "own": {"top1_pct": cls, "fg1_recall": 0.4}, "object": {"top1_pct": obj, "fg1_recall": 1.0},
             "random": {"top1_pct": rnd, "fg1_recall": 0.7}, "all": {"top1_pct": full}}}
 
     rows = aggregate_oracle({
@@ -108,14 +111,14 @@ def test_aggregate_means_over_seeds_and_compares_with_the_cls_choice():
     assert [(r["model"], r["selection"]) for r in rows] == \
         [(m, s) for m in ("sparse_tuning", "evit", "layers=1+3") for s in SELECTIONS]
     obj = by["sparse_tuning", "object"]
-    assert obj["seeds"] == 2 and obj["test_top1_pct"] == 50 and obj["vs_cls_pct"] == 3
+    assert obj["seeds"] == 2 and obj["test_top1_pct"] == 50 and obj["vs_own_pct"] == 3
     assert obj["test_top1_pct_std"] == pytest.approx(math.sqrt(8)) and obj["fg1_recall"] == 1.0
-    assert "fg1_recall" not in by["sparse_tuning", "all"] and by["evit", "all"]["vs_cls_pct"] == 2
-    assert by["evit", "cls"]["seeds"] == 1 and "test_top1_pct_std" not in by["evit", "cls"]
+    assert "fg1_recall" not in by["sparse_tuning", "all"] and by["evit", "all"]["vs_own_pct"] == 2
+    assert by["evit", "own"]["seeds"] == 1 and "test_top1_pct_std" not in by["evit", "own"]
     assert by["layers=1+3", "all"]["method"] == "sparse_tuning" and by["layers=1+3", "all"]["layers"] == [1, 3]
     # the report: one line per model, mean +- std where there are two seeds
     table = [line for line in "\n".join(render_oracle(rows)).splitlines() if line.startswith("| ")]
-    assert table[0] == "| model | layers | keep_rate | seeds | cls | object | random | all | cls_recall |"
+    assert table[0] == "| model | layers | keep_rate | seeds | own | object | random | all | own_recall |"
     assert table[1] == "| sparse_tuning | 2+3 | 0.7/0.7 | 2 | 47.0 +- 4.2 | 50.0 +- 2.8 | 44.0 +- 2.8 | " \
                        "47.0 +- 5.7 | 0.400 |"
     assert table[3] == "| layers=1+3 | 1+3 | 0.7/0.7 | 1 | 45.0 | 45.0 | 45.0 | 47.0 | 0.400 |"
@@ -138,8 +141,8 @@ def test_oracle_scores_on_real_clips_agree_with_the_models_own_test(hard_cfg):
     result = oracle_scores(model, hard_cfg, layers=[2, 3], keep_rate=0.7, draws=2)
     assert list(result) == list(SELECTIONS)
     own = foreground_scores(model, hard_cfg, split="test")
-    assert result["cls"]["top1_pct"] == pytest.approx(100 * own.top1)
-    assert result["cls"]["fg1_recall"] == pytest.approx(own.stages[0].recall)
+    assert result["own"]["top1_pct"] == pytest.approx(100 * own.top1)
+    assert result["own"]["fg1_recall"] == pytest.approx(own.stages[0].recall)
     assert result["object"]["fg1_recall"] == 1.0 and "fg1_recall" not in result["all"]
     assert 0 < result["random"]["fg1_recall"] < 1
     # seeded: the same model scores the same twice

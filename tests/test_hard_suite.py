@@ -104,8 +104,8 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
     # and the variant's, at its own layers
     oracle = {(r["model"], r["selection"]): r for r in saved["selection_oracle"]}
     assert list(oracle) == [(m, s) for m in ("sparse_tuning", "layers=1+3") for s in SELECTIONS]
-    assert oracle["sparse_tuning", "cls"]["seeds"] == 2 and oracle["layers=1+3", "all"]["layers"] == [1, 3]
-    assert oracle["sparse_tuning", "cls"]["test_top1_pct"] == pytest.approx(st["test_top1_pct"])
+    assert oracle["sparse_tuning", "own"]["seeds"] == 2 and oracle["layers=1+3", "all"]["layers"] == [1, 3]
+    assert oracle["sparse_tuning", "own"]["test_top1_pct"] == pytest.approx(st["test_top1_pct"])
     assert oracle["sparse_tuning", "object"]["fg1_recall"] == 1.0 and "Selection oracle" in printed
     (variant,) = saved["variants"]  # dense_adapter is not among the methods: its variant is not run
     assert variant["seeds"] == 2 and "test_top1_pct_std" in variant  # over both seeds, as asked

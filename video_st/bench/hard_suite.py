@@ -45,7 +45,8 @@ from ..fileio import sha256_file, write_atomic
 from ..models.methods import list_methods
 from ..synthetic.datasets import make_hard_style
 from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, variant_sweeps
-from .hard_oracle import ORACLE_METHODS, aggregate_oracle, oracle_scores, own_reduction, render_oracle
+from .hard_oracle import (ORACLE_METHODS, RANDOM_DRAWS, SELECTIONS, aggregate_oracle, oracle_scores, own_reduction,
+                          render_oracle)
 from .hard_results import KEEP_RATE_METHODS, aggregate, check_targets, keep_curves
 from .measure import inference_model, inference_step, interleaved_timings, machine_info
 from .plots import plot_foreground, plot_suite
@@ -320,8 +321,8 @@ def selection_oracle(suite: HardSuite, per_seed: Mapping[int, Sequence[Mapping[s
     runs = [(seed, row.get("variant") or row["method"], row)
             for table in (per_seed, variants_per_seed) for seed, rows in table.items() for row in rows
             if row["method"] in ORACLE_METHODS and not row.get("error")]
-    settings = {"dense": dense, "models": {f"{seed}/{label}": sha256_file(row["checkpoint"])
-                                           for seed, label, row in runs},
+    settings = {"selections": list(SELECTIONS), "draws": RANDOM_DRAWS, "dense": dense,
+                "models": {f"{seed}/{label}": sha256_file(row["checkpoint"]) for seed, label, row in runs},
                 "target": _data_settings(suite, "target"), "overrides": list(suite.overrides)}
     path = os.path.join(suite.output_dir, "selection_oracle.json")
     done = read_json(path)
@@ -333,7 +334,7 @@ def selection_oracle(suite: HardSuite, per_seed: Mapping[int, Sequence[Mapping[s
         model, cfg = _trained(suite, row, data)
         where = own_reduction(model) or dense
         scores.setdefault(seed, {})[label] = {"method": row["method"], **where,
-                                              "selections": oracle_scores(model, cfg, **where)}
+                                              "selections": oracle_scores(model, cfg, draws=RANDOM_DRAWS, **where)}
     rows = aggregate_oracle(scores)
     write_atomic(path, json.dumps({"settings": settings, "per_seed": scores, "rows": rows}, indent=1) + "\n")
     return rows
