@@ -147,3 +147,7 @@ def test_oracle_scores_on_real_clips_agree_with_the_models_own_test(hard_cfg):
     assert 0 < result["random"]["fg1_recall"] < 1
     # seeded: the same model scores the same twice
     assert oracle_scores(model, hard_cfg, layers=[2, 3], keep_rate=0.7, draws=2) == result
+    # a model trained with the random choice: its own selection is that choice, averaged over the same draws
+    random_model = _model(score="random")
+    drawn = oracle_scores(random_model, hard_cfg, layers=[2, 3], keep_rate=0.7, draws=2)
+    assert drawn["own"] == drawn["random"]

@@ -97,8 +97,8 @@ def with_selection(model: torch.nn.Module, selection: str, *, layers: Sequence[i
 def oracle_scores(model: torch.nn.Module, cfg: DictConfig, *, layers: Sequence[int],
                   keep_rate: float | Sequence[float], draws: int = RANDOM_DRAWS) -> dict[str, dict[str, Any]]:
     """selection -> {"top1_pct", "fg1_recall"} of ``model`` on the test protocol's views of ``cfg``'s data
-    (the test split and its masks, as the suite scores its runs: bench/sweeps.foreground_fields). ``random``:
-    the mean of ``draws`` seeded draws."""
+    (the test split and its masks, as the suite scores its runs: bench/sweeps.foreground_fields). A random
+    choice (``random``, and ``own`` of a model trained with one): the mean of ``draws`` seeded draws."""
     out = {}
     for selection in SELECTIONS:
         probe = with_selection(model, selection, layers=layers, keep_rate=keep_rate)
@@ -109,8 +109,9 @@ def oracle_scores(model: torch.nn.Module, cfg: DictConfig, *, layers: Sequence[i
             for step in told:
                 step.foreground = grid
 
+        random = any(type(b.reducer) is TopKFuse and b.reducer.score == "random" for b in probe.blocks)
         results = []
-        for draw in range(draws if selection == "random" else 1):
+        for draw in range(draws if random else 1):
             with torch.random.fork_rng(devices=[]):  # seeded here; the caller's generator is left as it was
                 torch.manual_seed(draw)
                 results.append(foreground_scores(
