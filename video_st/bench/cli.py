@@ -120,8 +120,7 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> Repo
     hard.add_argument("--variants", default="all",
                       help="a method retrained with one change each, first seed: comma-separated names of "
                            "video_st/bench/hard_diagnosis.VARIANTS (Sparse-Tuning: 'score=mean', 'score=random', "
-                           "'fuse=sum', "
-                           "'warmup=3', 'layers=1+3', 'layers=1+2+3', 'form=published'; another method: "
+                           "'fuse=sum', 'warmup=3', 'layers=1+3', 'layers=1+2+3', 'form=published'; another method: "
                            "'dense_adapter:form=published', 'evit:layers=1+3', 'tome:layers=1+3', "
                            "'asvit:calibrate'), 'all' or 'none'")
     hard.add_argument("--variant-seeds", default="",
@@ -130,8 +129,9 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> Repo
     hard.add_argument("--no-probe", action="store_true",
                       help="skip the frozen backbone's selection probe (per layer and scoring query)")
     hard.add_argument("--no-oracle", action="store_true",
-                      help="skip the selection oracle (the trained Sparse-Tuning, EViT and Dense Adapters tested "
-                           "with their tokens chosen by [CLS] attention, by the masks, at random, all kept)")
+                      help="skip the selection oracle (the trained Sparse-Tuning, EViT, Dense Adapters and their "
+                           "variants tested with their tokens chosen by their own scoring, by the masks, at "
+                           "random, all kept)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     # the runs and the suite's steps as they start and end (bench.sweeps, bench.hard_suite), on stderr

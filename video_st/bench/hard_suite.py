@@ -15,7 +15,7 @@ The steps, each reused on a rerun when its recorded settings are unchanged (a ki
 6. why Sparse-Tuning stands where it does (bench/hard_diagnosis.py): the frozen backbone's own selection per layer
    and scoring query (no training), and Sparse-Tuning retrained with one change each (first seed);
 7. the selection oracle (bench/hard_oracle.py): every seed's trained Sparse-Tuning, EViT and Dense Adapters (and
-   their variants) tested again with their tokens chosen by [CLS] attention, by the masks, at random, or all
+   their variants) tested again with their tokens chosen by their own scoring, by the masks, at random, or all
    kept (no training).
 
 The training runs of 3, 4 and 6 share one pool (``stage2``): ``jobs`` of them at once, each with its share of
@@ -80,7 +80,7 @@ class HardSuite:
     variants: Sequence[str] = tuple(VARIANTS)  # a method retrained with each; () none
     variant_seeds: Sequence[int] = ()  # of `seeds`, the variants run on; () the first seed
     probe: bool = True  # the frozen backbone's selection per layer and scoring query
-    oracle: bool = True  # the trained top-k models tested with their tokens chosen by the masks, at random, ...
+    oracle: bool = True  # the trained top-k models tested again with their tokens chosen 4 ways (hard_oracle)
     jobs: int = 1  # stage-2 runs at once, each with its share of the cores (bench/jobs.py); stage 1 runs alone
 
     def all_methods(self) -> list[str]:
