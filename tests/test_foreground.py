@@ -1,5 +1,5 @@
 """Foreground scoring of token selection (video_st/bench/foreground.py), the mask -> token-grid mapping
-(video_st/synthetic/masks.py) and the object's outline in the token drawings (video_st/viz): hand-built cases with
+(video_st/data/masks.py) and the object's outline in the token drawings (video_st/viz): hand-built cases with
 known answers, then a random tiny model on a small hard set checked against an independent count."""
 
 import math
@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 from video_st import create_model
-from video_st.bench.foreground import ForegroundError, ForegroundMeter, foreground_scores
+from video_st.bench.foreground import ForegroundMeter, foreground_scores
 from video_st.config import load_config
+from video_st.data.masks import (MasksError, clip_coverage, encode_masks, find_masks, load_masks, read_masks,
+                                token_masks, view_token_masks)
 from video_st.data.sampling import ClipSpec
 from video_st.engine.build import eval_dataset, read_split
 from video_st.models.spec import save_model_file
 from video_st.synthetic.datasets import make_hard_style
-from video_st.synthetic.masks import (clip_coverage, encode_masks, find_masks, load_masks, read_masks, token_masks,
-                                      view_token_masks)
 from video_st.viz.draw import OUTLINE, outline, tile_origin
 from video_st.viz.tokens import Geometry, kept_masks
 from video_st.viz.visualize import visualize
@@ -185,12 +185,12 @@ def test_foreground_scores_agree_with_an_independent_count(hard_set):
 def test_dense_models_have_no_stages_and_missing_masks_are_an_error(hard_set, tmp_path):
     result = foreground_scores(_model("full"), _cfg(hard_set))
     assert result.stages == () and "every token is kept" in result.describe()
-    with pytest.raises(ForegroundError, match="no such masks file"):
+    with pytest.raises(MasksError, match="no such masks file"):
         foreground_scores(_model(), _cfg(hard_set), masks_file=str(tmp_path / "none.npz"))
     partial = tmp_path / "partial.npz"
     some = read_masks(hard_set.mask_files["val"])
     partial.write_bytes(encode_masks(dict(list(some.items())[:3])))
-    with pytest.raises(ForegroundError, match="no mask for 5 of 8"):
+    with pytest.raises(MasksError, match="no mask for 5 of 8"):
         foreground_scores(_model(), _cfg(hard_set), masks_file=str(partial))
 
 

@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from video_st import create_model
-from video_st.bench.hard_oracle import (SELECTIONS, ObjectFirst, aggregate_oracle, oracle_scores, own_reduction,
-                                        render_oracle, with_selection)
+from video_st.bench.hard_oracle import (SELECTIONS, aggregate_oracle, oracle_scores, own_reduction, render_oracle,
+                                        with_selection)
 from video_st.bench.foreground import foreground_scores
 from video_st.config import load_config
+from video_st.data.masks import load_masks, token_masks
+from video_st.engine.build import read_split
+from video_st.engine.train import train
+from video_st.errors import ConfigError
 from video_st.models.sparsify import TopKFuse, plan_reduction
 from video_st.synthetic.datasets import make_hard_style
 
@@ -35,9 +39,9 @@ def _model(method="sparse_tuning", **options):
                         **options).eval()
 
 
-def _kept(model, clip):
+def _kept(model, clip, prefer=None):
     with torch.no_grad():
-        return model.forward_features(clip, return_token_ids=True)
+        return model.forward_features(clip, return_token_ids=True, prefer=prefer)
 
 
 def test_random_choice_keeps_the_count_draws_anew_and_is_seeded():
@@ -69,25 +73,9 @@ def test_selections_replace_only_which_tokens_are_kept():
     dense.set_keep_rate(1.0)
     assert torch.allclose(_kept(with_selection(model, "all", layers=[2, 3], keep_rate=0.7), clip)[0],
                           _kept(dense, clip)[0], atol=1e-6)
-    # object: with no object it is the [CLS] choice; with one, every object token survives both stages
+    # object: the model's own top-k steps; the forward's `prefer` puts the object first (tested below)
     probe = with_selection(model, "object", layers=[2, 3], keep_rate=0.7)
-    steps = [b.reducer for b in probe.blocks if isinstance(b.reducer, ObjectFirst)]
-    assert len(steps) == 2
-    for step in steps:
-        step.foreground = torch.zeros(2, 256, dtype=torch.bool)
-    none, none_kept = _kept(probe, clip)
-    assert torch.equal(none, own) and all(torch.equal(a, b) for a, b in zip(none_kept, own_kept))
-    foreground = torch.zeros(2, 256, dtype=torch.bool)
-    # clip 0: tokens the [CLS] choice drops at layer 2; clip 1: ones it keeps at layer 2 and drops at layer 3
-    foreground[0, sorted(set(range(256)) - set(own_kept[0][0].tolist()))[:20]] = True
-    foreground[1, sorted(set(own_kept[0][1].tolist()) - set(own_kept[1][1].tolist()) - {-1})[:10]] = True
-    for step in steps:
-        step.foreground = foreground
-    _, forced = _kept(probe, clip)
-    for stage in forced:
-        for b in range(2):
-            assert set(foreground[b].nonzero().flatten().tolist()) <= set(stage[b].tolist())
-    assert sorted(forced[0][0].tolist()) != sorted(own_kept[0][0].tolist())
+    assert [(type(b.reducer), b.reducer.score) for b in probe.blocks if b.reducer.reduces] == [(TopKFuse, "cls")] * 2
     # a dense model gets the step where it is told (one keep rate per layer too); other reducers are refused
     assert own_reduction(model) == {"layers": [2, 3], "keep_rate": [0.7, 0.7]}
     assert own_reduction(_model("dense_adapter")) is None
@@ -95,6 +83,33 @@ def test_selections_replace_only_which_tokens_are_kept():
     assert dense_adapter.stage_names() == ["layer 2", "layer 3"] and dense_adapter.keep_rates == (0.7, 0.5)
     with pytest.raises(ValueError, match="top-k steps only"):
         with_selection(_model("tome"), "own", layers=[2, 3], keep_rate=0.7)
+
+
+@pytest.mark.parametrize("score", ["cls", "random"])
+def test_preferred_tokens_survive_every_stage_and_nothing_else_changes(score):
+    model = _model(score=score)
+    clip = torch.randn(2, 3, 8, 64, 64)
+    torch.manual_seed(0)
+    own, own_kept = _kept(model, clip)
+    torch.manual_seed(0)
+    none, none_kept = _kept(model, clip, prefer=torch.zeros(2, 8 // 2, 8, 8, dtype=torch.bool))  # (B, T', H', W')
+    assert torch.equal(none, own) and all(torch.equal(a, b) for a, b in zip(none_kept, own_kept))
+    foreground = torch.zeros(2, 256, dtype=torch.bool)
+    # clip 0: tokens the own choice drops at layer 2; clip 1: ones it keeps at layer 2 and drops at layer 3
+    foreground[0, sorted(set(range(256)) - set(own_kept[0][0].tolist()))[:20]] = True
+    foreground[1, sorted(set(own_kept[0][1].tolist()) - set(own_kept[1][1].tolist()) - {-1})[:10]] = True
+    torch.manual_seed(0)
+    _, forced = _kept(model, clip, prefer=foreground)
+    for stage in forced:
+        for b in range(2):
+            assert set(foreground[b].nonzero().flatten().tolist()) <= set(stage[b].tolist())
+    assert [k.shape for k in forced] == [k.shape for k in own_kept]  # the same counts
+    assert sorted(forced[0][0].tolist()) != sorted(own_kept[0][0].tolist())
+    # the other reducers ignore it; a prefer of the wrong grid is refused
+    tome = _model("tome")
+    assert torch.equal(_kept(tome, clip, prefer=foreground)[0], _kept(tome, clip)[0])
+    with pytest.raises(ValueError, match="prefer: \\(2, 100\\) for 2 clips of 256 tokens"):
+        _kept(model, clip, prefer=torch.zeros(2, 100, dtype=torch.bool))
 
 
 def test_aggregate_means_over_seeds_and_compares_with_the_cls_choice():
@@ -125,15 +140,20 @@ def test_aggregate_means_over_seeds_and_compares_with_the_cls_choice():
 
 
 @pytest.fixture(scope="module")
-def hard_cfg(tmp_path_factory):
+def hard_overrides(tmp_path_factory):
     s = make_hard_style(tmp_path_factory.mktemp("hard") / "data", num_classes=4, train_per_class=1,
                         val_per_class=2, num_frames=16, seed=4)
     # no data.test: the test split the oracle scores (as the suite does) is the val file
-    return load_config(TINY, [f"data.root={s.root}", f"data.train={s.annotation_files['train']}",
-                              f"data.val={s.annotation_files['val']}",
-                              "data.size=64", "data.short_side=64", "data.num_frames=8", "data.stride=2",
-                              "model.num_classes=4", "model.pretrained=none", "data.num_workers=0",
-                              "test.spatial_views=1", "test.temporal_views=1"])
+    return [f"data.root={s.root}", f"data.train={s.annotation_files['train']}",
+            f"data.val={s.annotation_files['val']}",
+            "data.size=64", "data.short_side=64", "data.num_frames=8", "data.stride=2",
+            "model.num_classes=4", "model.pretrained=none", "data.num_workers=0",
+            "test.spatial_views=1", "test.temporal_views=1"]
+
+
+@pytest.fixture(scope="module")
+def hard_cfg(hard_overrides):
+    return load_config(TINY, hard_overrides)
 
 
 def test_oracle_scores_on_real_clips_agree_with_the_models_own_test(hard_cfg):
@@ -151,3 +171,47 @@ def test_oracle_scores_on_real_clips_agree_with_the_models_own_test(hard_cfg):
     random_model = _model(score="random")
     drawn = oracle_scores(random_model, hard_cfg, layers=[2, 3], keep_rate=0.7, draws=2)
     assert drawn["own"] == drawn["random"]
+
+
+def test_object_first_training_keeps_every_training_clips_object_tokens(hard_overrides, tmp_path, monkeypatch):
+    calls = []  # per top-k step in a training forward: what it was told to prefer, its tokens before and after
+    forward = TopKFuse.forward
+
+    def spy(self, x, state, info):
+        out, after = forward(self, x, state, info)
+        if self.training:
+            calls.append((state.prefer, state.ids, after.ids))
+        return out, after
+
+    monkeypatch.setattr(TopKFuse, "forward", spy)
+    # no zoom, no flip: a training clip is 8 frames 2 apart from frame 0 or 1 of the 16, so its tokens must be
+    # the token masks of those frames of one of the videos
+    cfg = load_config(TINY, [*hard_overrides, "data.object_first=true", "data.scale=[1.0,1.0]", "data.hflip=none",
+                             "optim.epochs=1", "data.batch_size=2", "engine.kind=ddp", f"output_dir={tmp_path}",
+                             "log.progress=false", "log.tensorboard=false"])
+    assert train(cfg) == 0
+    assert len(calls) == 2 * 2  # 4 videos in batches of 2, two top-k steps each
+    for prefer, before, after in calls:
+        for b in range(prefer.shape[0]):
+            wanted = set(prefer[b].nonzero().flatten().tolist()) & set(before[b].tolist())
+            assert wanted and wanted <= set(after[b].tolist())  # kept, every one, at both stages
+    told = [tuple(p.tolist()) for prefer, _, _ in calls[::2] for p in prefer]  # the first step's, per clip
+    masks = load_masks(cfg.data.root, "train")
+    records, _ = read_split(cfg, "train")
+    candidates = {r.video_id: {tuple(token_masks(masks[r.video_id], patch=8, tubelet=2, size=64,
+                                                 frame_indices=range(start, start + 16, 2)).reshape(-1).tolist())
+                               for start in (0, 1)} for r in records}
+    assert len(told) == len(records) and all(any(t in c for c in candidates.values()) for t in told)
+    assert len({next(v for v, c in candidates.items() if t in c) for t in told}) == len(records)  # each video once
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["model.method=dense_adapter"], "model.method='dense_adapter' has no top-k step"),
+    (["data.rand_augment=[2,9]"], "needs data.rand_augment=null"),
+    (["optim.mixup_alpha=0.8"], "needs optim.mixup_alpha=0"),
+])
+def test_object_first_refuses_what_it_cannot_honour(hard_overrides, tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        train(load_config(TINY, [*hard_overrides, "data.object_first=true", "engine.kind=ddp",
+                                 f"output_dir={tmp_path / 'run'}", *extra]))
+    assert not (tmp_path / "run").exists()  # refused before any output

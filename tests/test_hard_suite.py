@@ -179,7 +179,7 @@ def test_every_variant_builds_at_the_suite_geometry_and_changes_the_model(name):
     plain = build_model(load_config(hard_suite.TARGET_CONFIG, base))
     changed = build_model(load_config(hard_suite.TARGET_CONFIG, [*base, *variant.overrides]))
     clip = torch.randn(2, 3, 8, 64, 64)
-    schedule_only = {"optim.keep_rate_warmup_epochs=3"}  # changes the training, not the model
+    schedule_only = {"optim.keep_rate_warmup_epochs=3", "data.object_first=true"}  # the training, not the model
     with torch.no_grad():
         out = changed.eval()(clip)
         assert out.shape == (2, 8) and torch.isfinite(out).all()

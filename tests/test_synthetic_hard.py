@@ -12,10 +12,10 @@ import pytest
 
 from video_st.data.annotations import read_k400_csv
 from video_st.data.decode import read_frames
+from video_st.data.masks import load_masks, masks_path, read_masks
 from video_st.synthetic.datasets import make_dataset, make_hard_style
 from video_st.synthetic.hard import (TARGET_TURNS, HardClass, hard_classes, render_hard, reverse_video,
                                      sample_hard_scene)
-from video_st.synthetic.masks import load_masks, masks_path, read_masks
 
 FRAMES, SIZE = 16, 64
 SMALL = dict(num_classes=8, train_per_class=1, val_per_class=2, seed=11)

@@ -58,6 +58,10 @@ class DataConfig:
     rand_augment: list[int] | None = field(default_factory=lambda: [2, 9])  # [num_ops, magnitude] or null
     augment_on: str = "device"  # where RandAugment + normalisation run: device (batched, after transfer) | worker
     repeats: int = 1  # repeated augmentation: clips drawn per video per step
+    # Training only, a diagnostic: the top-k steps (Sparse-Tuning, EViT) keep the ground-truth object's tokens
+    # first, from the train split's masks (annotations/train_masks.npz beside the train file, data/masks.py; the
+    # hard generated style writes them). Says what a perfect scorer in training would give (bench/hard_oracle).
+    object_first: bool = False
 
 
 @dataclass
@@ -322,6 +326,15 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"data.scale must be [min, max] within (0, 1], got {list(cfg.data.scale)}")
     if cfg.data.rand_augment is not None and len(cfg.data.rand_augment) != 2:
         raise ConfigError(f"data.rand_augment must be [num_ops, magnitude] or null, got {list(cfg.data.rand_augment)}")
+    if cfg.data.object_first:
+        # the masks follow a clip through the loader's crop and flip; these would move pixels or blend clips
+        if cfg.data.rand_augment is not None:
+            raise ConfigError(f"data.object_first=true needs data.rand_augment=null, got {list(cfg.data.rand_augment)}: "
+                              "RandAugment's geometric ops would move the pixels off their masks")
+        for key in ("optim.mixup_alpha", "optim.cutmix_alpha"):
+            if OmegaConf.select(cfg, key):
+                raise ConfigError(f"data.object_first=true needs {key}=0, got {OmegaConf.select(cfg, key)}: "
+                                  "a blend of two clips has no one object")
 
 
 def views_argument(text: str) -> tuple[int, int]:

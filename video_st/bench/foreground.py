@@ -1,7 +1,7 @@
 """Does token selection keep the object? Kept tokens per stage scored against ground-truth foreground masks.
 
 The hard generated style (video_st/synthetic/hard.py) writes, next to each split's annotations, the pixels its
-object covers in every frame (``annotations/{split}_masks.npz``: video_st/synthetic/masks.py). Here each test view
+object covers in every frame (``annotations/{split}_masks.npz``: video_st/data/masks.py). Here each test view
 goes through the project's own test path (``engine.build.eval_dataset``: the view's frames, short-side resize,
 crop), the same frames and geometry map the mask onto the model's token grid (``masks.view_token_masks``: a token
 is foreground when the object covers at least ``min_fraction`` of its pixels), and the model's
@@ -26,23 +26,22 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..data.annotations import VideoRecord
 from ..engine.build import eval_dataset, read_split, split_file
 from ..engine.evaluate import ensemble_views
 from ..errors import VideoSTError
 from ..fileio import write_atomic
-from ..synthetic.masks import MIN_FRACTION, masks_beside, read_masks, view_token_masks
+from ..data.masks import MIN_FRACTION, masks_beside, masks_for, view_token_masks
 
 
 class ForegroundError(VideoSTError):
-    """No ground truth to score against: a missing masks file, videos it lacks, a grid that does not fit."""
+    """A model whose token grid does not fit the data (a missing masks file: data.masks.MasksError)."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ class ForegroundMeter:
 def foreground_scores(model, cfg: DictConfig, *, split: str = "val", masks_file: str | None = None,
                       temporal_views: int = 1, spatial_views: int = 1, min_fraction: float = MIN_FRACTION,
                       batch_size: int = 8, max_videos: int | None = None,
-                      before_batch: Callable[[np.ndarray], None] | None = None) -> ForegroundResult:
+                      object_first: bool = False) -> ForegroundResult:
     """Score ``model``'s token selection on the test views of ``split`` of the dataset ``cfg.data`` names.
 
     ``model``: a VideoViT (loaded as the test tool loads it, e.g. ``engine.multiview.load_for_test``), on any
@@ -171,13 +170,14 @@ def foreground_scores(model, cfg: DictConfig, *, split: str = "val", masks_file:
     protocol's ``temporal_views`` x ``spatial_views`` (default 1 x 1: the centre clip and crop) through
     ``eval_dataset(cfg, ...)``, so ``cfg.data`` (sampling, num_frames, stride, size, short_side) must be the one the
     model was tested with. ``masks_file``: default the split's annotation file's ``*_masks.npz``.
-    ``before_batch``: called with each batch's (B, T', H', W') token masks before its forward (a selection told
-    the ground truth, bench/hard_oracle.py). The result's ``top1`` is the model's accuracy on these views."""
+    ``object_first``: the top-k steps keep the object's tokens first (the masks as ``forward_features``'
+    ``prefer``: a selection told the ground truth, bench/hard_oracle.py). The result's ``top1`` is the model's
+    accuracy on these views."""
     records, _ = read_split(cfg, split)
     if max_videos is not None:
         records = records[:max_videos]
     masks_file = masks_file or masks_beside(split_file(cfg, split))
-    masks = _read(masks_file, records)
+    masks = masks_for(masks_file, [r.video_id for r in records])
     dataset = eval_dataset(cfg, records, temporal_views=temporal_views, spatial_views=spatial_views)
     pe = model.patch_embed
     grid, patch, tubelet = tuple(pe.grid_size), pe.patch_size, pe.tubelet_size
@@ -195,10 +195,10 @@ def foreground_scores(model, cfg: DictConfig, *, split: str = "val", masks_file:
     failed, videos, scored = [], 0, 0
 
     def flush() -> None:
-        if before_batch is not None:
-            before_batch(np.stack(targets))
+        prefer = torch.as_tensor(np.stack(targets)) if object_first else None
         with torch.no_grad():
-            features, kept = model.forward_features(torch.stack(clips).to(device), return_token_ids=True)
+            features, kept = model.forward_features(torch.stack(clips).to(device), return_token_ids=True,
+                                                    prefer=prefer)
             logits.append(model.forward_head(features).float().cpu())
         if kept:
             meter.update(kept, np.stack(targets))
@@ -231,20 +231,6 @@ def foreground_scores(model, cfg: DictConfig, *, split: str = "val", masks_file:
         model.train(was_training)
     return ForegroundResult(stages=meter.result(names), videos=videos, clips=scored, failed=tuple(failed),
                             min_fraction=min_fraction, masks_file=masks_file, top1=_top1(logits, owners, labels))
-
-
-def _read(path: str, records: Sequence[VideoRecord]) -> dict[str, np.ndarray]:
-    if not os.path.isfile(path):
-        raise ForegroundError(f"{path}: no such masks file (the hard generated style writes one per split; "
-                              "see video_st/synthetic/masks.py)")
-    try:
-        masks = read_masks(path)
-    except (ValueError, OSError) as err:
-        raise ForegroundError(f"{path}: unreadable masks file ({err})") from err
-    missing = [r.video_id for r in records if r.video_id not in masks]
-    if missing:
-        raise ForegroundError(f"{path}: no mask for {len(missing)} of {len(records)} videos (first: {missing[0]})")
-    return masks
 
 
 def _top1(logits: Sequence[torch.Tensor], owners: Sequence[int], labels: Sequence[int]) -> float:

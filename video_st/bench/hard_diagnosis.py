@@ -11,7 +11,8 @@ Two parts, both on the suite's stage-1 backbone and target set (video_st/bench/h
   points at the object here is one the method can use; one at chance is one it has to learn around.
 - **The variants**: a method trained again (same budget; the first seed, or the suite's ``variant_seeds``, then the
   mean +- std over them beside the suite's own rows over the same seeds) with one change each (``VARIANTS``).
-  Sparse-Tuning: the mean-query scoring, a random choice (the control), the authors' code's fusion (``fuse=sum``),
+  Sparse-Tuning: the mean-query scoring, a random choice (the control), the ground-truth object's tokens kept
+  first in training (``object_first``: a perfect scorer), the authors' code's fusion (``fuse=sum``),
   a keep-rate warm-up (1.0 to the target over the first epochs), the first reduction a layer earlier (and the
   paper's placement scaled to 4 layers: 1, 2, 3), the authors' code's Dense Adapter
   (``dense_adapter_form=published``); Dense Adapters alone with that adapter too; EViT and ToMe reducing where the
@@ -45,6 +46,9 @@ VARIANTS: dict[str, Variant] = {
     # the control: a uniformly random choice of the kept tokens, trained with (the selection oracle's "random",
     # bench/hard_oracle.py, applies it to weights trained with the [CLS] choice)
     "score=random": Variant(method="sparse_tuning", overrides=("model.score=random",)),
+    # the other bound: trained with the ground-truth object's tokens kept first (data.object_first), a perfect
+    # scorer in training; its suite row is tested with its [CLS] choice, the oracle's "object" column with the masks
+    "object_first": Variant(method="sparse_tuning", overrides=("data.object_first=true",)),
     "fuse=sum": Variant(method="sparse_tuning", overrides=("model.fuse=sum",)),
     "warmup=3": Variant(method="sparse_tuning", overrides=("optim.keep_rate_warmup_epochs=3",)),
     # the first step where the probe says [CLS] looks

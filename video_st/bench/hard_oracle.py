@@ -8,8 +8,8 @@ them (a dense model: at Sparse-Tuning's layers and keep rate), their tokens chos
 - ``own``: by the model's own scoring (its ``score``: [CLS] attention unless a variant trained it otherwise), the
   selection it was trained with, so its suite figure; for Dense Adapters a [CLS]-attention step added at test
   time;
-- ``object``: the ground-truth object's tokens first (the masks, bench/foreground.py), then by attention (the
-  scoring row the model's own uses): the best any scoring could do for the object;
+- ``object``: the ground-truth object's tokens first (the masks, bench/foreground.py, as the forward's
+  ``prefer``), then by the model's own scoring: the best any scoring could do for the object;
 - ``random``: a uniformly random choice of the same count (``score="random"``, seeded draws);
 - ``all``: no token dropped (keep rate 1).
 
@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ..data.masks import masks_beside
 from ..engine.build import split_file
-from ..models.layers import AttnInfo
 from ..models.slots import Reducer
-from ..models.sparsify import TokenState, TopKFuse, expand_keep_rates, plan_reduction
-from ..synthetic.masks import masks_beside
+from ..models.sparsify import TopKFuse, expand_keep_rates
 from .foreground import foreground_scores
 from .tables import markdown_table
 
@@ -44,27 +43,6 @@ SELECTIONS = ("own", "object", "random", "all")
 RANDOM_DRAWS = 3  # of the random choice, averaged: one draw's top-1 moves by a few test videos
 # the suite's models the oracle tests again: the [CLS]-attention top-k family and its dense counterpart
 ORACLE_METHODS = ("sparse_tuning", "evit", "dense_adapter")
-
-
-class ObjectFirst(TopKFuse):
-    """The top-k + fuse step keeping the ground-truth object's tokens first, then the others by score; the
-    fusion weights stay the scores. ``foreground``: (B, N) bool over the grid's N tokens, the ones the object
-    covers in the batch about to run, set before each forward."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.foreground: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
-        scores = self.token_scores(info)
-        if self.foreground is None or self.foreground.shape[0] != scores.shape[0]:
-            raise ValueError("ObjectFirst: set the batch's foreground before its forward")
-        ids = state.ids
-        on_object = self.foreground.to(scores.device).gather(1, ids.clamp_min(0)) & (ids >= 0)  # fused: never
-        rank = scores + 2.0 * on_object  # attention weights are <= 1: every object token ranks above the rest
-        plan = plan_reduction(scores, rank=rank, keep_rate=self.keep_rate, num_prefix=self.num_prefix,
-                              fuse=self.fuse)
-        return plan.apply(x), plan.apply_state(state)
 
 
 def with_selection(model: torch.nn.Module, selection: str, *, layers: Sequence[int],
@@ -83,14 +61,12 @@ def with_selection(model: torch.nn.Module, selection: str, *, layers: Sequence[i
     prefix = own[0].num_prefix if own else probe.num_prefix_tokens + probe.prompts.num_prompts
     rates = dict(zip(layers, expand_keep_rates(keep_rate, len(layers)), strict=True))
     step = {"fuse": own[0].fuse if own else "mean", "num_prefix": prefix}
-    score = own[0].score if own else "cls"  # its own scoring; object: its attention row behind the object
+    score = own[0].score if own else "cls"
     for i, block in enumerate(probe.blocks, start=1):
         if selection == "all" or i not in rates:
             block.reducer = Reducer()
-        elif selection == "object":
-            block.reducer = ObjectFirst(keep_rate=rates[i], score=score, **step)
-        else:
-            block.reducer = TopKFuse(keep_rate=rates[i], score=score if selection == "own" else "random", **step)
+        else:  # object: its own scoring behind the object's tokens, which the forward's `prefer` puts first
+            block.reducer = TopKFuse(keep_rate=rates[i], score="random" if selection == "random" else score, **step)
     return probe.eval()
 
 
@@ -102,13 +78,6 @@ def oracle_scores(model: torch.nn.Module, cfg: DictConfig, *, layers: Sequence[i
     out = {}
     for selection in SELECTIONS:
         probe = with_selection(model, selection, layers=layers, keep_rate=keep_rate)
-        told = [b.reducer for b in probe.blocks if isinstance(b.reducer, ObjectFirst)]
-
-        def tell(foreground: np.ndarray, told: Sequence[ObjectFirst] = told) -> None:
-            grid = torch.as_tensor(foreground).reshape(len(foreground), -1)
-            for step in told:
-                step.foreground = grid
-
         random = any(type(b.reducer) is TopKFuse and b.reducer.score == "random" for b in probe.blocks)
         results = []
         for draw in range(draws if random else 1):
@@ -117,7 +86,7 @@ def oracle_scores(model: torch.nn.Module, cfg: DictConfig, *, layers: Sequence[i
                 results.append(foreground_scores(
                     probe, cfg, split="test", masks_file=masks_beside(split_file(cfg, "test")),
                     temporal_views=int(cfg.test.temporal_views), spatial_views=int(cfg.test.spatial_views),
-                    before_batch=tell))
+                    object_first=selection == "object"))
         out[selection] = {"top1_pct": statistics.fmean(100 * r.top1 for r in results)}
         if results[0].stages:
             out[selection]["fg1_recall"] = statistics.fmean(r.stages[0].recall for r in results)

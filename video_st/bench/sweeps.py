@@ -29,7 +29,7 @@ from ..engine import multiview as tester  # the test tool's loading: the one nam
 from ..engine.build import eval_dataset, read_split, split_file
 from ..fileio import sha256_file, write_atomic
 from ..models.flops import count_params
-from ..synthetic.masks import masks_beside
+from ..data.masks import masks_beside
 from .foreground import foreground_scores
 from .jobs import Outcome, Step, child_env, log_tail, run_chains, threads_per_job
 from .measure import gflops_of, inference_model, is_input_dependent, machine_info, seeded_clip

@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,11 +81,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
     """Clips of videos (or frame folders) for training (``mode="train"``) or multi-view testing (``"test"``).
 
     Train item: ``{"video": (C, T, H, W) or (R, C, T, H, W) with R repeated augmentations, "label", "index",
-    "failed": [(path, cause), ...]}`` (the failures met and replaced on the way).
+    "failed": [(path, cause), ...]}`` (the failures met and replaced on the way); with ``masks`` also
+    ``"foreground"``: bool (T, H, W) or (R, T, H, W), the clip's object pixels through its own crop and flip.
     Test item: ``{"views": (V, C, T, H, W) or None, "view_ok": bool list, "label", "index", "video_id", "error"}``
     with V = temporal x spatial views, temporal-major; all views come from one decode of the union of frames.
     ``records``: any sequence of records (a reader's list, a :class:`~video_st.data.records.RecordTable`), held
-    as a ``RecordTable`` in ``self.records``.
+    as a ``RecordTable`` in ``self.records``. ``masks``: ``{video_id: bool (T, H, W)}``, one mask frame per video
+    frame (data/masks.py; training only, needs a transform with ``apply``: ``TrainTransform``).
     """
 
     def __init__(
@@ -101,9 +103,12 @@ class VideoClipDataset(torch.utils.data.Dataset):
         max_retries: int = 10,
         frame_template: str = "img_{:05d}.jpg",
         seed: int = 0,
+        masks: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        if masks is not None and mode != "train":
+            raise ValueError("masks go with training items only (the test path maps them itself: bench/foreground)")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not records:
@@ -113,6 +118,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.mode, self.clip, self.transform = mode, clip, transform
         self.backend, self.decode_threads, self.repeats = backend, decode_threads, repeats
         self.max_retries, self.frame_template, self.seed = max_retries, frame_template, seed
+        self.masks = masks
 
     def __len__(self) -> int:
         return len(self.records)
@@ -141,20 +147,28 @@ class VideoClipDataset(torch.utils.data.Dataset):
             record = self.records[index]
             try:
                 source = self._open(record)
-                clips, labels = [], []
+                clips, labels, pixels = [], [], []
                 for _ in range(self.repeats):
                     idx = train_indices(source.num_frames, sampling=self.clip.sampling, num_frames=self.clip.num_frames,
                                         stride=self.clip.stride, rng=rng)
-                    video, label = self.transform(source.read(idx), record.label, rng)
+                    if self.masks is None:
+                        video, label = self.transform(source.read(idx), record.label, rng)
+                    else:
+                        video, label, mask = self.transform.apply(source.read(idx), record.label, rng,
+                                                                  mask=self.masks[record.video_id][list(idx)])
+                        pixels.append(mask)
                     clips.append(video)
                     labels.append(label)
             except VideoReadError as err:
                 failed.append((err.path, err.cause))
                 index = rng.randrange(len(self.records))
                 continue
-            video = clips[0] if self.repeats == 1 else torch.stack(clips)
-            label = labels[0] if self.repeats == 1 else torch.tensor(labels)
-            return {"video": video, "label": label, "index": index, "failed": failed}
+            one = self.repeats == 1
+            item = {"video": clips[0] if one else torch.stack(clips), "index": index, "failed": failed,
+                    "label": labels[0] if one else torch.tensor(labels)}
+            if pixels:
+                item["foreground"] = pixels[0] if one else torch.stack(pixels)
+            return item
         raise RuntimeError(f"{self.max_retries + 1} videos in a row failed to decode; last: {failed[-1]}")
 
     def _test_item(self, index: int) -> dict[str, Any]:
@@ -227,8 +241,12 @@ def train_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     labels = [torch.as_tensor(b["label"]) for b in batch]
     video = torch.cat(videos) if videos[0].dim() == 5 else torch.stack(videos)  # repeats flatten into the batch
     label = torch.cat([lab.reshape(-1) for lab in labels])
-    return {"video": video, "label": label, "index": torch.tensor([b["index"] for b in batch]),
-            "failed": [f for b in batch for f in b["failed"]]}
+    out = {"video": video, "label": label, "index": torch.tensor([b["index"] for b in batch]),
+           "failed": [f for b in batch for f in b["failed"]]}
+    if "foreground" in batch[0]:
+        masks = [b["foreground"] for b in batch]
+        out["foreground"] = torch.cat(masks) if masks[0].dim() == 4 else torch.stack(masks)
+    return out
 
 
 def eval_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -100,16 +100,32 @@ class TrainTransform:
         self.mean, self.std, self.output = mean, std, output
 
     def __call__(self, frames: np.ndarray | torch.Tensor, label: int, rng: random.Random) -> tuple[torch.Tensor, int]:
-        video = self.crop(to_video(frames))
+        video, label, _ = self.apply(frames, label, rng)
+        return video, label
+
+    def apply(self, frames: np.ndarray | torch.Tensor, label: int, rng: random.Random,
+              mask: np.ndarray | torch.Tensor | None = None) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """The clip, its label and, given ``mask`` (bool (T, H, W), one per frame, e.g. the object's pixels),
+        that mask through the same crop and flip (torchvision's ``tv_tensors.Mask``: nearest-neighbour resize)
+        as bool (T, size, size). torchvision's RandAugment takes no masks: a mask needs ``rand_augment=None``."""
+        video = to_video(frames)
+        if mask is None:
+            video, pixels = self.crop(video), None
+        elif self.augment is not None:
+            raise ValueError("a mask through RandAugment: torchvision's RandAugment takes no masks")
+        else:
+            video, pixels = self.crop(video, tv_tensors.Mask(torch.as_tensor(np.asarray(mask, dtype=np.uint8))))
         if self.hflip != "none" and rng.random() < 0.5:
             video = TF.horizontal_flip(video)
+            pixels = None if pixels is None else TF.horizontal_flip(pixels)
             if self.hflip == "swap":
                 label = self.label_swap.get(label, label)
         if self.augment is not None:
             video = self.augment(video)
+        pixels = None if pixels is None else pixels.as_subclass(torch.Tensor).bool()
         if self.output == "uint8":
-            return rearrange(video.as_subclass(torch.Tensor), "t c h w -> c t h w"), label
-        return normalize(video, self.mean, self.std), label
+            return rearrange(video.as_subclass(torch.Tensor), "t c h w -> c t h w"), label, pixels
+        return normalize(video, self.mean, self.std), label, pixels
 
 
 class BatchAugment:

@@ -14,6 +14,7 @@ from ..data.annotations import VideoRecord, read_k400_csv, read_ssv2
 from ..data.lists import read_labelled_list
 from ..data.folders import read_class_folders
 from ..data.datasets import VideoClipDataset, check_files
+from ..data.masks import masks_beside, masks_for
 from ..data.sampling import ClipSpec
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError
@@ -134,8 +135,15 @@ def train_dataset(cfg: DictConfig, records: list[VideoRecord]) -> VideoClipDatas
         rand_augment=tuple(data.rand_augment) if data.rand_augment and on_worker else None,
         output="float" if on_worker else "uint8",
     )
+    masks = None
+    if data.object_first:  # the masks beside the train file; the config check kept RandAugment and mixup out
+        if data.dataset == "folder":
+            raise ConfigError("data.object_first=true needs an annotation file to find the masks beside, "
+                              "not data.dataset=folder")
+        masks = masks_for(masks_beside(split_file(cfg, "train")), [r.video_id for r in records])
     return VideoClipDataset(records, mode="train", clip=clip_spec(cfg), transform=transform, backend=data.backend,
-                            decode_threads=data.decode_threads, repeats=data.repeats, seed=cfg.engine.seed)
+                            decode_threads=data.decode_threads, repeats=data.repeats, seed=cfg.engine.seed,
+                            masks=masks)
 
 
 def eval_dataset(cfg: DictConfig, records: list[VideoRecord], *, temporal_views: int = 1,

@@ -25,11 +25,12 @@ from ..config import save_config
 from ..errors import ConfigError
 from ..data.annotations import save_class_names
 from ..data.datasets import BadFileLog, make_loader
+from ..data.masks import pool_tokens
 from ..data.samplers import ShardSampler, TrainSampler
 from ..data.transforms import BatchAugment, make_mixup
 from ..fileio import write_atomic
 from ..models.calibrate import calibrate, wants_calibration
-from ..models.sparsify import KeepRateWarmup
+from ..models.sparsify import KeepRateWarmup, TopKFuse
 from ..models.spec import save_model_file
 from . import distributed
 from .backends import DDPBackend, DeepSpeedBackend, checkpoint_state_dict, deepspeed_config
@@ -69,7 +70,11 @@ class Trainer:
         if cfg.model.get("num_classes") not in (None, len(self.class_names)):
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {cfg.data.train} has "
                               f"{len(self.class_names)} classes")
+        train_data = train_dataset(cfg, train_records)  # with data.object_first: its masks, checked here
         self.model = build_model(cfg, classes=self.class_names, for_training=True)
+        if cfg.data.object_first and not any(type(b.reducer) is TopKFuse for b in self.model.blocks):
+            raise ConfigError(f"data.object_first=true: model.method={cfg.model.method!r} has no top-k step to keep "
+                              "the object's tokens first (sparse_tuning, evit)")
         if cfg.engine.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if wants_calibration(self.model):  # option calibrate=true (DyT, AS-ViT); before the backend broadcasts
@@ -102,7 +107,7 @@ class Trainer:
         optimizer = make_adamw(self.groups, lr=self.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.backend = self._backend(optimizer, micro, world)
 
-        self.train_loader = make_loader(train_dataset(cfg, train_records), batch_size=micro, sampler=self.sampler,
+        self.train_loader = make_loader(train_data, batch_size=micro, sampler=self.sampler,
                                         num_workers=cfg.data.num_workers, drop_last=True,
                                         generator=torch.Generator().manual_seed(cfg.engine.seed))
         self.val_loader = make_loader(eval_dataset(cfg, val_records), batch_size=cfg.test.batch_size,
@@ -274,7 +279,11 @@ class Trainer:
         labels = batch["label"].to(self.device)
         if self.mixup is not None:
             video, target = self.mixup(video, labels)  # soft labels, smoothing included
-        logits, terms = self.backend.forward(video, return_terms=True)
+        prefer = None
+        if "foreground" in batch:  # data.object_first: the clips' object pixels -> the tokens kept first
+            embed = self.model.patch_embed
+            prefer = pool_tokens(batch["foreground"], patch=embed.patch_size, tubelet=embed.tubelet_size)
+        logits, terms = self.backend.forward(video, return_terms=True, prefer=prefer)
         logits = logits.float()
 
         def criterion(scores: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,9 @@ class TokenState:
     aux: tuple = ()  # records of the method's loss terms (dispatch.ActivationRate, pruning.StageTokens)
     kept: tuple = ()  # ids after each reduction / dispatch stage, for visualisation and token counting
     full_tokens: bool = False  # DyT's full-token pass (self-distillation teacher): dispatchers let all through
+    # (B, N) bool over the original grid: tokens a top-k step keeps before any other (the ground-truth object:
+    # the selection oracle, data.object_first); None: by score alone
+    prefer: torch.Tensor | None = None
 
     def attention_bias(self, num_prefix: int) -> torch.Tensor | None:
         """(B, P + n) bias for the attention's keys (zero for the prefix), or None when there is none."""
@@ -201,6 +204,11 @@ class TopKFuse(Reducer):
     def forward(self, x: torch.Tensor, state: TokenState, info: AttnInfo) -> tuple[torch.Tensor, TokenState]:
         scores = self.token_scores(info)
         rank = torch.rand(scores.shape, device=scores.device) if self.score == "random" else None
+        if state.prefer is not None:
+            ids = state.ids
+            preferred = state.prefer.gather(1, ids.clamp_min(0)) & (ids >= 0)  # a fused token is never preferred
+            # attention weights and torch.rand lie in [0, 1]: + 2 ranks every preferred token above the rest
+            rank = (scores if rank is None else rank) + 2.0 * preferred
         plan = plan_reduction(scores, rank=rank, keep_rate=self.keep_rate, num_prefix=self.num_prefix, fuse=self.fuse)
         return plan.apply(x), plan.apply_state(state)
 

@@ -346,10 +346,17 @@ class VideoViT(nn.Module):
             x = torch.cat([cls, x], dim=1)
         return self.pos_drop(x)
 
-    def _features(self, x: torch.Tensor, full_tokens: bool = False) -> tuple[torch.Tensor, TokenState]:
+    def _features(self, x: torch.Tensor, full_tokens: bool = False,
+                  prefer: torch.Tensor | None = None) -> tuple[torch.Tensor, TokenState]:
         x = self._pos_embed(self.patch_embed(x))
-        num_tokens = x.shape[1] - self.num_prefix_tokens
-        state = TokenState(ids=torch.arange(num_tokens, device=x.device).expand(x.shape[0], -1), full_tokens=full_tokens)
+        batch, num_tokens = x.shape[0], x.shape[1] - self.num_prefix_tokens
+        if prefer is not None:
+            if prefer.shape[0] != batch or prefer[0].numel() != num_tokens:
+                raise ValueError(f"prefer: {tuple(prefer.shape)} for {batch} clips of {num_tokens} tokens "
+                                 f"(grid {tuple(self.patch_embed.grid_size)})")
+            prefer = prefer.reshape(batch, num_tokens).to(device=x.device, dtype=torch.bool)
+        state = TokenState(ids=torch.arange(num_tokens, device=x.device).expand(batch, -1), full_tokens=full_tokens,
+                           prefer=prefer)
         for layer, block in enumerate(self.blocks):
             x = self.prompts.insert(x, layer, self.num_prefix_tokens)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -360,15 +367,18 @@ class VideoViT(nn.Module):
         return self.norm(x), state
 
     def forward_features(
-        self, x: torch.Tensor, return_token_ids: bool = False, full_tokens: bool = False
+        self, x: torch.Tensor, return_token_ids: bool = False, full_tokens: bool = False,
+        prefer: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, C, T, H, W) -> (B, N', D) final tokens.
 
         With ``return_token_ids=True`` also returns, per stage (see :meth:`stage_names`), a (B, n_s) long tensor
         with the original-grid id ``t * H' * W' + h * W' + w`` of every token that stage kept (-1: a fused token
         or padding, or a token the dispatcher sent past the MLP). ``full_tokens=True`` runs DyT's full-token pass.
+        ``prefer``: bool (B, T', H', W') or (B, N) over the grid, tokens the top-k steps keep before any other
+        (the ground-truth object, for the selection oracle); the other reducers ignore it.
         """
-        x, state = self._features(x, full_tokens)
+        x, state = self._features(x, full_tokens, prefer)
         return (x, list(state.kept)) if return_token_ids else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -376,10 +386,12 @@ class VideoViT(nn.Module):
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor, return_terms: bool = False) -> torch.Tensor | tuple[torch.Tensor, LossTerms]:
+    def forward(self, x: torch.Tensor, return_terms: bool = False,
+                prefer: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, LossTerms]:
         """Logits; with ``return_terms=True`` also the method's :class:`LossTerms` for this pass (the training
-        loop adds ``terms.with_task(criterion)``; tools read ``terms.stats``)."""
-        feats, state = self._features(x)
+        loop adds ``terms.with_task(criterion)``; tools read ``terms.stats``). ``prefer``: as in
+        :meth:`forward_features` (training with data.object_first)."""
+        feats, state = self._features(x, prefer=prefer)
         logits = self.forward_head(feats)
         if not return_terms:
             return logits

@@ -48,7 +48,7 @@ from .files import (SPLITS, SSV2_FILES, VP9, X264, encode, to_json, write_k400_a
 from .hard import DISTRACTORS as HARD_DISTRACTORS
 from .hard import hard_classes, render_hard, sample_hard_scene
 from .items import k400_items, plan_labels, ssv2_items
-from .masks import masks_path, video_id_of, write_masks
+from ..data.masks import masks_path, video_id_of, write_masks
 from .scenes import add_grain, class_motions, render_frames, sample_scene
 
 _log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 temporal view, short-side resize, spatial crop, normalisation: video_st/engine/build.py eval_dataset), so the drawn
 frames are exactly what the model saw; the model is loaded as tools/test_net.py loads it. Where the video has a
 ground-truth object mask (the hard generated style's annotations/SPLIT_masks.npz), the object is outlined, mapped
-through the same frames, resize and crop (video_st/synthetic/masks.py)."""
+through the same frames, resize and crop (video_st/data/masks.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..data.decode import open_video
 from ..data.sampling import view_indices
 from ..engine import multiview  # the test-time loading of tools/test_net.py: checkpoint_path, load_for_test
 from ..engine.build import eval_dataset
-from ..synthetic.masks import clip_coverage, find_masks, read_masks, video_id_of
+from ..data.masks import clip_coverage, find_masks, read_masks, video_id_of
 from .draw import default_scale, denormalize, draw_all
 from .tokens import (VisualizeError, check_has_stages, geometry, kept_masks, kept_token_ids, stage_labels,
                      summary_lines)

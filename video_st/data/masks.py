@@ -13,7 +13,9 @@ The file (written by the ``hard`` style next to each split's annotations)::
 Reading it needs nothing but numpy: ``np.unpackbits(f[video_id], axis=-1, count=width).astype(bool)``
 (:func:`read_masks` does that for every entry). Pixel resolution lets any patch size, resize and crop derive its
 own token masks: :func:`token_masks` applies the test data path (the frames a temporal view samples, the short-side
-resize and spatial crop of ``data.transforms.EvalTransform``) to the mask and pools it per token. A token is
+resize and spatial crop of ``data.transforms.EvalTransform``) to the mask and pools it per token; in training
+(data.object_first) the loader takes each clip's mask through the clip's own crop and flip
+(``TrainTransform.apply``) and the engine pools it (:func:`pool_tokens`). A token is
 foreground when the object covers at least ``min_fraction`` (default 0.25) of its pixels, averaged over the
 tubelet's frames; ``min_fraction=0`` means any pixel.
 """
@@ -29,9 +31,10 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.sampling import ClipSpec, view_indices
-from ..data.transforms import spatial_crop
+from ..errors import VideoSTError
 from ..fileio import write_atomic
+from .sampling import ClipSpec, view_indices
+from .transforms import spatial_crop
 
 FORMAT = 1
 META = "__meta__"
@@ -90,6 +93,27 @@ def read_masks(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {vid: np.unpackbits(f[vid], axis=-1, count=width).astype(bool) for vid in f.files if vid != META}
 
 
+class MasksError(VideoSTError):
+    """No ground truth for a split: a missing or unreadable masks file, or videos it lacks."""
+
+
+def masks_for(path: str | os.PathLike, video_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{video_id: bool (T, H, W)}`` for every id of ``video_ids`` from the masks file ``path``; a missing or
+    unreadable file, or an id it lacks, is a :class:`MasksError` naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MasksError(f"{path}: no such masks file (the hard generated style writes one per split; see "
+                         "video_st/data/masks.py)")
+    try:
+        masks = read_masks(path)
+    except (ValueError, OSError) as err:
+        raise MasksError(f"{path}: unreadable masks file ({err})") from err
+    missing = [v for v in video_ids if v not in masks]
+    if missing:
+        raise MasksError(f"{path}: no mask for {len(missing)} of {len(video_ids)} videos (first: {missing[0]})")
+    return {v: masks[v] for v in video_ids}
+
+
 def load_masks(root: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
     """The masks of ``split`` of the generated dataset at ``root``: ``{video_id: bool (T, H, W)}``."""
     return read_masks(masks_path(root, split))
@@ -119,8 +143,18 @@ def token_masks(mask: np.ndarray, *, patch: int, tubelet: int, frame_indices: Se
         raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
     cover = clip_coverage(mask, frame_indices=frame_indices, size=size, short_side=short_side,
                           spatial_idx=spatial_idx, num_crops=num_crops)
-    t, g = len(frame_indices) // tubelet, size // patch
-    fraction = cover.reshape(t, tubelet, g, patch, g, patch).mean(axis=(1, 3, 5))
+    return pool_tokens(torch.from_numpy(cover), patch=patch, tubelet=tubelet, min_fraction=min_fraction).numpy()
+
+
+def pool_tokens(cover: torch.Tensor, *, patch: int, tubelet: int, min_fraction: float = MIN_FRACTION) -> torch.Tensor:
+    """bool (..., T / tubelet, H / patch, W / patch) from (..., T, H, W) pixel coverage in [0, 1] (or bool): True
+    where the mean over the token's ``tubelet`` x ``patch`` x ``patch`` pixels is at least ``min_fraction``
+    (``0``: any pixel). The training loader's masks (data.object_first) and :func:`token_masks` pool here."""
+    *lead, t, h, w = cover.shape
+    if t % tubelet or h % patch or w % patch:
+        raise ValueError(f"{t} frames of {h} x {w} px do not tile into tubelets of {tubelet} x {patch} x {patch}")
+    grid = cover.float().reshape(*lead, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
+    fraction = grid.mean(dim=(-5, -3, -1))
     # 1e-6: the antialiased resize leaves float dust where the object is absent, and rounding just below a share.
     return fraction > 1e-6 if min_fraction == 0 else fraction >= min_fraction - 1e-6
 
