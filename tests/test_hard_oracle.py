@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from .conftest import tiny_overrides
 from video_st import create_model
 from video_st.bench.hard_oracle import (SELECTIONS, aggregate_oracle, oracle_scores, own_reduction, render_oracle,
                                         with_selection)
@@ -215,3 +216,10 @@ def test_object_first_refuses_what_it_cannot_honour(hard_overrides, tmp_path, ex
         train(load_config(TINY, [*hard_overrides, "data.object_first=true", "engine.kind=ddp",
                                  f"output_dir={tmp_path / 'run'}", *extra]))
     assert not (tmp_path / "run").exists()  # refused before any output
+
+
+def test_object_first_without_masks_names_the_file_it_looked_for(tiny_k400, tmp_path):
+    cfg = load_config(TINY, tiny_overrides(tiny_k400, tmp_path / "run", "data.object_first=true", "engine.kind=ddp"))
+    with pytest.raises(ConfigError, match="data.object_first=true: .*train_masks.npz: no such masks file"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

@@ -329,8 +329,9 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.data.object_first:
         # the masks follow a clip through the loader's crop and flip; these would move pixels or blend clips
         if cfg.data.rand_augment is not None:
-            raise ConfigError(f"data.object_first=true needs data.rand_augment=null, got {list(cfg.data.rand_augment)}: "
-                              "RandAugment's geometric ops would move the pixels off their masks")
+            raise ConfigError(f"data.object_first=true needs data.rand_augment=null, got "
+                              f"{list(cfg.data.rand_augment)}: RandAugment's geometric ops would move the pixels "
+                              "off their masks")
         for key in ("optim.mixup_alpha", "optim.cutmix_alpha"):
             if OmegaConf.select(cfg, key):
                 raise ConfigError(f"data.object_first=true needs {key}=0, got {OmegaConf.select(cfg, key)}: "

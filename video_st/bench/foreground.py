@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ..data.masks import MIN_FRACTION, masks_beside, masks_for, view_token_masks
 from ..engine.build import eval_dataset, read_split, split_file
 from ..engine.evaluate import ensemble_views
 from ..errors import VideoSTError
 from ..fileio import write_atomic
-from ..data.masks import MIN_FRACTION, masks_beside, masks_for, view_token_masks
 
 
 class ForegroundError(VideoSTError):

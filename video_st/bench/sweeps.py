@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import load_config
+from ..data.masks import masks_beside
 from ..engine import multiview as tester  # the test tool's loading: the one name to change if the module moves
 from ..engine.build import eval_dataset, read_split, split_file
 from ..fileio import sha256_file, write_atomic
 from ..models.flops import count_params
-from ..data.masks import masks_beside
 from .foreground import foreground_scores
 from .jobs import Outcome, Step, child_env, log_tail, run_chains, threads_per_job
 from .measure import gflops_of, inference_model, is_input_dependent, machine_info, seeded_clip

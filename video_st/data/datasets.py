@@ -118,7 +118,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.mode, self.clip, self.transform = mode, clip, transform
         self.backend, self.decode_threads, self.repeats = backend, decode_threads, repeats
         self.max_retries, self.frame_template, self.seed = max_retries, frame_template, seed
-        self.masks = masks
+        self.masks = masks  # a dict of arrays (forked workers copy what they touch): generated sets are small
 
     def __len__(self) -> int:
         return len(self.records)

@@ -14,7 +14,7 @@ from ..data.annotations import VideoRecord, read_k400_csv, read_ssv2
 from ..data.lists import read_labelled_list
 from ..data.folders import read_class_folders
 from ..data.datasets import VideoClipDataset, check_files
-from ..data.masks import masks_beside, masks_for
+from ..data.masks import MasksError, masks_beside, masks_for
 from ..data.sampling import ClipSpec
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError
@@ -140,7 +140,10 @@ def train_dataset(cfg: DictConfig, records: list[VideoRecord]) -> VideoClipDatas
         if data.dataset == "folder":
             raise ConfigError("data.object_first=true needs an annotation file to find the masks beside, "
                               "not data.dataset=folder")
-        masks = masks_for(masks_beside(split_file(cfg, "train")), [r.video_id for r in records])
+        try:
+            masks = masks_for(masks_beside(split_file(cfg, "train")), [r.video_id for r in records])
+        except MasksError as err:
+            raise ConfigError(f"data.object_first=true: {err}") from err
     return VideoClipDataset(records, mode="train", clip=clip_spec(cfg), transform=transform, backend=data.backend,
                             decode_threads=data.decode_threads, repeats=data.repeats, seed=cfg.engine.seed,
                             masks=masks)
