@@ -26,9 +26,9 @@ needs_onnx = pytest.mark.skipif(
     reason="the export extra (onnx, onnxruntime, onnxscript) is not installed")
 
 
-def _checkpoint(tmp_path, method: str) -> str:
+def _checkpoint(tmp_path, method: str, **options) -> str:
     torch.manual_seed(0)
-    model = video_st.create_model("vit_tiny_test", method=method, num_classes=4)
+    model = video_st.create_model("vit_tiny_test", method=method, num_classes=4, **options)
     with torch.no_grad():  # adapters start at zero (a fresh model equals its backbone): make every part count
         for p in model.parameters():
             if p.requires_grad:
@@ -93,6 +93,13 @@ def test_input_dependent_refused(tmp_path, method):
     out = tmp_path / "m.onnx"
     with pytest.raises(ExportError, match="input-dependent"):
         export_checkpoint(_checkpoint(tmp_path, method), str(out), fmt="torchscript")
+    assert not out.exists()
+
+
+def test_a_random_selection_is_refused(tmp_path):
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match="score='random' is not exported: it draws the kept tokens at random"):
+        export_checkpoint(_checkpoint(tmp_path, "sparse_tuning", score="random"), str(out), fmt="onnx")
     assert not out.exists()
 
 

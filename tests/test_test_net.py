@@ -149,3 +149,15 @@ def test_a_hugging_face_videomae_folder_is_tested_directly(tiny_k400, tmp_path):
     with torch.no_grad():
         expected = hf(pixel_values=clip.permute(0, 2, 1, 3, 4)).logits.softmax(-1)[0]
     assert torch.allclose(probs["scores"][0], expected, atol=1e-4)
+
+
+def test_a_model_that_draws_at_random_tests_the_same_twice(tiny_k400, tmp_path):
+    torch.manual_seed(3)
+    model = create_model("vit_tiny_test", method="sparse_tuning", num_classes=4, score="random")
+    path = tmp_path / "random.pt"
+    save_model_file(path, model.state_dict(), spec=model.spec.with_classes(
+        ["moving down", "moving left", "moving right", "moving up"]))
+    (_, a, _), (_, b, _) = (_test_net(tiny_k400, tmp_path / name, f"--checkpoint={path}") for name in "ab")
+    assert torch.equal(a["scores"], b["scores"])
+    (_, c, _) = _test_net(tiny_k400, tmp_path / "c", f"--checkpoint={path}", "engine.seed=1")
+    assert not torch.equal(a["scores"], c["scores"])  # another seed, other draws: the seed is what fixes them

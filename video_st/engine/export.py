@@ -43,6 +43,7 @@ from torch import nn
 
 from ..errors import VideoSTError
 from ..fileio import write_atomic
+from ..models.sparsify import TopKFuse
 from ..models.spec import ModelSpec
 from .loading import load
 
@@ -67,6 +68,9 @@ def refusal(model: nn.Module, spec: ModelSpec) -> str | None:
         why = _WHY_INPUT_DEPENDENT.get(spec.method, "its computed tokens depend on the input")
         return (f"method {spec.method!r} is input-dependent and is not exported: {why}, so its token counts depend "
                 "on the input; a traced graph would freeze the decisions of the one clip it was traced with")
+    if any(isinstance(m, TopKFuse) and m.score == "random" for m in model.modules()):
+        return (f"method {spec.method!r} with score='random' is not exported: it draws the kept tokens at random "
+                "on every forward (the control of selection ablations); a traced graph would freeze one draw")
     return None
 
 

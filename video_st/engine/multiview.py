@@ -89,6 +89,8 @@ def run_test(cfg: DictConfig, checkpoint: str | None = None, out_dir: str | None
 
 def _run(cfg: DictConfig, env: distributed.DistEnv, device: torch.device, checkpoint: str | None,
          out_dir: str | None) -> dict[str, Any]:
+    # A model that draws at random (model.score=random, the control) tests the same twice; others use no RNG.
+    torch.manual_seed(cfg.engine.seed + env.rank)
     path = checkpoint_path(cfg, checkpoint)
     loaded, changes = load_for_test(cfg, path)
     model = loaded.model
