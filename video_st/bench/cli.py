@@ -121,8 +121,8 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> Repo
                       help="a method retrained with one change each, first seed: comma-separated names of "
                            "video_st/bench/hard_diagnosis.VARIANTS (Sparse-Tuning: 'score=mean', 'score=random', "
                            "'object_first', 'fuse=sum', 'warmup=3', 'layers=1+3', 'layers=1+2+3', 'form=published'; "
-                           "another method: 'dense_adapter:form=published', 'evit:layers=1+3', 'tome:layers=1+3', "
-                           "'asvit:calibrate'), 'all' or 'none'")
+                           "another method: 'dense_adapter:form=published', 'evit:layers=1+3', 'evit:object_first', "
+                           "'tome:layers=1+3', 'asvit:calibrate'), 'all' or 'none'")
     hard.add_argument("--variant-seeds", default="",
                       help="comma-separated seeds of --seeds the variants run on (default: the first); their "
                            "rows are then the mean +- std beside the suite's rows over the same seeds")

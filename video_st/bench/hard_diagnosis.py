@@ -16,7 +16,8 @@ Two parts, both on the suite's stage-1 backbone and target set (video_st/bench/h
   a keep-rate warm-up (1.0 to the target over the first epochs), the first reduction a layer earlier (and the
   paper's placement scaled to 4 layers: 1, 2, 3), the authors' code's Dense Adapter
   (``dense_adapter_form=published``); Dense Adapters alone with that adapter too; EViT and ToMe reducing where the
-  earlier Sparse-Tuning does (the comparison at equal placement); AS-ViT with its thresholds started at its budget.
+  earlier Sparse-Tuning does (the comparison at equal placement), EViT trained with the object's tokens kept;
+  AS-ViT with its thresholds started at its budget.
   Their rows sit beside the suite's own rows of the methods they change: top-1, GFLOPs, first-stage recall.
 """
 
@@ -58,6 +59,8 @@ VARIANTS: dict[str, Variant] = {
     "layers=1+2+3": Variant(method="sparse_tuning", overrides=("model.sparse_layers=[1,2,3]",)),
     # the adapter-free reducers at Sparse-Tuning's layers=1+3, for the comparison at equal placement
     "evit:layers=1+3": Variant(method="evit", overrides=("model.sparse_layers=[1,3]",)),
+    # EViT's head trained with the object's tokens kept (frozen backbone): what the features alone make of them
+    "evit:object_first": Variant(method="evit", overrides=("data.object_first=true",)),
     "tome:layers=1+3": Variant(method="tome", overrides=("model.sparse_layers=[1,3]",)),
     # AS-ViT's thresholds started at its FLOPs budget on real clips (models/calibrate.py; not the authors'):
     # from the published 0.001-0.003 they prune on one seed of three in this budget (docs/benchmarks.md)
