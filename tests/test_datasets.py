@@ -24,7 +24,9 @@ from video_st.data.datasets import (
     check_files,
     eval_collate,
     make_loader,
+    train_collate,
 )
+from video_st.data.decode import open_video
 from video_st.data.transforms import EvalTransform, TrainTransform, make_mixup, spatial_crop, to_video
 
 
@@ -189,6 +191,24 @@ def test_repeated_augmentation(planted):
                                transform=TrainTransform(size=32))
     item = dataset[0]
     assert item["video"].shape == (2, 3, 4, 32, 32) and item["label"].tolist() == [0, 0]
+
+
+def test_masks_travel_with_their_clips_and_a_mask_that_does_not_fit_is_a_bad_video(planted):
+    good = planted[:2]
+    source = open_video(good[0].path)
+    height, width = source.read([0]).shape[1:3]
+    masks = {good[0].video_id: np.ones((source.num_frames, height, width), dtype=bool),
+             good[1].video_id: np.ones((1, height, width), dtype=bool)}  # one frame for a longer video
+    dataset = VideoClipDataset(good, mode="train", clip=ClipSpec(num_frames=4, stride=2), repeats=2, masks=masks,
+                               transform=TrainTransform(size=32, rand_augment=None))
+    item = dataset[0]
+    assert item["foreground"].shape == (2, 4, 32, 32) and item["foreground"].all() and not item["failed"]
+    batch = train_collate([item, dataset[0]])
+    assert batch["foreground"].shape == (4, 4, 32, 32)  # the repeats flattened into the batch, as the clips are
+    replaced = dataset[1, 5]  # (index, augmentation seed): the replacement drawn is the same every run
+    assert replaced["index"] == 0 and "foreground" in replaced
+    (path, cause), *_ = replaced["failed"]
+    assert path == good[1].path and cause.startswith("its mask has 1 frames")
 
 
 def test_test_mode_never_replaces_a_bad_video(planted, video_files, tmp_path):
