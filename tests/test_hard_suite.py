@@ -51,6 +51,16 @@ def test_targets_are_judged_from_the_rows():
     met = [v["met"] for v in verdicts.values()]
     assert met == [True, True, True, False]  # linear gap 30, best-worst 45, ST -0.5 at 0.64, recall 0.85 < 0.9
     assert "0.64 of the GFLOPs" in verdicts["Sparse-Tuning2"]["detail"]
+    assert "selection oracle" not in verdicts["Sparse-Tuning2"]["detail"]  # it did not run
+    oracle = [{"model": model, "method": method, "selection": selection, "test_top1_pct": top1}
+              for model, method, selection, top1 in [
+                  ("sparse_tuning", "sparse_tuning", "own", 79.5), ("sparse_tuning", "sparse_tuning", "object", 81.0),
+                  ("dense_adapter", "dense_adapter", "object", 82.0), ("evit", "evit", "object", 90.0),
+                  ("object_first", "sparse_tuning", "object", 88.0), ("layers=1+3", "sparse_tuning", "object", 85.0),
+                  ("object_first", "sparse_tuning", "all", 99.0)]]
+    detail = hard_results.check_targets(rows, {}, oracle)[2]["detail"]
+    assert detail.endswith("; with the object's tokens kept first at test (selection oracle): Sparse-Tuning 81.0%, "
+                           "Dense Adapters 82.0%, the variant object_first 88.0%")
 
 
 def test_equal_gflops_verdicts_compare_first_seed_runs():

@@ -114,7 +114,7 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     speed = cpu_speed(suite, first, data["target"]) if suite.speed_rounds > 0 else {}
     rows = aggregate(per_seed, speed)
     curves = keep_curves(first, keep_rows)
-    verdicts = check_targets(rows, curves)
+    verdicts = check_targets(rows, curves, oracle)
 
     out_dir = suite.plot_dir or suite.output_dir
     plots = {"accuracy": os.path.join(out_dir, "hard_accuracy_vs_gflops.png"),
