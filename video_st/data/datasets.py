@@ -154,12 +154,12 @@ class VideoClipDataset(torch.utils.data.Dataset):
                     if self.masks is None:
                         video, label = self.transform(source.read(idx), record.label, rng)
                     else:
-                        mask = self.masks[record.video_id]
-                        if max(idx) >= len(mask):  # a masks file that does not fit the video: a bad video here
-                            raise VideoReadError(record.path, f"its mask has {len(mask)} frames, the clip reads "
-                                                              f"frame {max(idx)}")
+                        frames_mask = self.masks[record.video_id]
+                        if max(idx) >= len(frames_mask):  # a masks file that does not fit the video: a bad video
+                            raise VideoReadError(record.path, f"its mask has {len(frames_mask)} frames, the clip "
+                                                              f"reads frame {max(idx)}")
                         video, label, mask = self.transform.apply(source.read(idx), record.label, rng,
-                                                                  mask=mask[list(idx)])
+                                                                  mask=frames_mask[list(idx)])
                         pixels.append(mask)
                     clips.append(video)
                     labels.append(label)
