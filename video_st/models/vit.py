@@ -13,22 +13,23 @@ Every slot defaults to doing nothing, so no code here asks which method it runs.
 
 Interface (timm's): ``forward_features``, ``forward_head(pre_logits=False)``, ``forward``, ``no_weight_decay``,
 ``set_grad_checkpointing``; plus ``set_keep_rate`` for keep-rate schedules, and ``forward(x, return_terms=True)``
-returning the method's :class:`LossTerms` (DyT's activation rate and self-distillation, AS-ViT's budget).
+returning the method's :class:`~video_st.models.terms.LossTerms` (DyT's activation rate and self-distillation,
+AS-ViT's budget).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed3d, QKVUpdate, fixed_grid_table
 from .slots import Adapter, Dispatcher, Prompts, Reducer, Slot, is_slot
 from .sparsify import TokenState, expand_keep_rates
+from .terms import LossTerms, collect_terms
 
 DEFAULT_SLOTS = (Reducer, Dispatcher, Adapter, Prompts, QKVUpdate)  # the do-nothing defaults
 
@@ -105,39 +106,6 @@ class ModelSlots:
     prompts: Prompts | None = None
     distill_weight: float = 0.0
     head_init_std: float | None = None
-
-
-@dataclass(frozen=True)
-class LossTerms:
-    """What a training forward returns beside the logits (``model(x, return_terms=True)``).
-
-    ``losses``: the method's weighted loss terms, ready to add (DyT's ``activation`` and ``distill``, AS-ViT's
-    ``budget``); ``teacher``: the logits of DyT's full-token pass, which train on the task loss too
-    (:meth:`with_task`); ``stats``: measured token use (``activation_rate``, ``kept_ratio``), detached.
-    """
-
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    teacher: torch.Tensor | None = None
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def with_task(self, criterion: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every term to add to the task loss, the full-token pass's own task loss included."""
-        if self.teacher is None:
-            return dict(self.losses)
-        return {**self.losses, "full_token": criterion(self.teacher.float())}
-
-
-def _terms(records: tuple, logits: torch.Tensor, teacher: torch.Tensor | None, distill_weight: float) -> LossTerms:
-    groups: dict[type, list] = {}
-    for record in records:
-        groups.setdefault(type(record), []).append(record)
-    losses = {kind.name: kind.loss(items) for kind, items in groups.items()}
-    stats = {k: v for kind, items in groups.items() for k, v in kind.stats(items).items()}
-    if teacher is not None:
-        losses["distill"] = distill_weight * F.kl_div(
-            F.log_softmax(logits.float(), dim=-1), F.log_softmax(teacher.detach().float(), dim=-1), log_target=True,
-            reduction="batchmean")
-    return LossTerms(losses=losses, teacher=teacher, stats=stats)
 
 
 class VideoViT(nn.Module):
@@ -398,4 +366,4 @@ class VideoViT(nn.Module):
         teacher = None
         if self.training and self.distill_weight > 0:  # DyT's self-distillation: the full-token pass as teacher
             teacher = self.forward_head(self._features(x, full_tokens=True)[0])
-        return logits, _terms(state.aux, logits, teacher, self.distill_weight)
+        return logits, collect_terms(state.aux, logits, teacher, self.distill_weight)
