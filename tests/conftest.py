@@ -88,6 +88,22 @@ def tiny_k400(tmp_path_factory):
     return summary
 
 
+@pytest.fixture(scope="session")
+def hard_overrides(tmp_path_factory):
+    """Overrides of configs/tiny_cpu.yaml for a small hard-style set with its masks (4 classes, 1 train + 2 val
+    videos each, 16 frames of 64 x 64) at the suite's clip geometry: the oracle's and the masks' training tests.
+    No data.test: the test split the oracle scores (as the suite does) is the val file."""
+    from video_st.synthetic.datasets import make_hard_style
+
+    s = make_hard_style(tmp_path_factory.mktemp("hard") / "data", num_classes=4, train_per_class=1,
+                        val_per_class=2, num_frames=16, seed=4)
+    return [f"data.root={s.root}", f"data.train={s.annotation_files['train']}",
+            f"data.val={s.annotation_files['val']}",
+            "data.size=64", "data.short_side=64", "data.num_frames=8", "data.stride=2",
+            "model.num_classes=4", "model.pretrained=none", "data.num_workers=0",
+            "test.spatial_views=1", "test.temporal_views=1"]
+
+
 def tiny_overrides(summary, output_dir, *extra: str) -> list[str]:
     """Overrides of configs/tiny_cpu.yaml that point it at ``summary`` (a generated set) and ``output_dir``; the
     tests train the frozen-backbone methods on a random backbone on purpose (``model.pretrained=none``) unless

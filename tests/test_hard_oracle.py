@@ -19,7 +19,6 @@ from video_st.engine.build import read_split
 from video_st.engine.train import train
 from video_st.errors import ConfigError
 from video_st.models.sparsify import TopKFuse, plan_reduction
-from video_st.synthetic.datasets import make_hard_style
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml")
 
@@ -138,18 +137,6 @@ def test_aggregate_means_over_seeds_and_compares_with_the_cls_choice():
     assert table[1] == "| sparse_tuning | 2+3 | 0.7/0.7 | 2 | 47.0 +- 4.2 | 50.0 +- 2.8 | 44.0 +- 2.8 | " \
                        "47.0 +- 5.7 | 0.400 |"
     assert table[3] == "| layers=1+3 | 1+3 | 0.7/0.7 | 1 | 45.0 | 45.0 | 45.0 | 47.0 | 0.400 |"
-
-
-@pytest.fixture(scope="module")
-def hard_overrides(tmp_path_factory):
-    s = make_hard_style(tmp_path_factory.mktemp("hard") / "data", num_classes=4, train_per_class=1,
-                        val_per_class=2, num_frames=16, seed=4)
-    # no data.test: the test split the oracle scores (as the suite does) is the val file
-    return [f"data.root={s.root}", f"data.train={s.annotation_files['train']}",
-            f"data.val={s.annotation_files['val']}",
-            "data.size=64", "data.short_side=64", "data.num_frames=8", "data.stride=2",
-            "model.num_classes=4", "model.pretrained=none", "data.num_workers=0",
-            "test.spatial_views=1", "test.temporal_views=1"]
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,11 @@ class OptimConfig:
     cutmix_prob: float = 0.5  # share of mixed batches that use cutmix rather than mixup
     ema_decay: float | None = None  # EMA of the trainable weights, e.g. 0.9999
     keep_rate_warmup_epochs: float = 0.0  # Sparse-Tuning: keep rate 1.0 -> target over these epochs
+    # The attention guide (models/guide.py), for making a stand-in pre-trained backbone on generated data: the
+    # weight of a loss that draws the [CLS] attention of `attention_guide_layers` (1-based; empty: every layer)
+    # onto the object's tokens, from the train split's masks as data.object_first reads them. 0: off.
+    attention_guide: float = 0.0
+    attention_guide_layers: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -326,16 +331,28 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"data.scale must be [min, max] within (0, 1], got {list(cfg.data.scale)}")
     if cfg.data.rand_augment is not None and len(cfg.data.rand_augment) != 2:
         raise ConfigError(f"data.rand_augment must be [num_ops, magnitude] or null, got {list(cfg.data.rand_augment)}")
-    if cfg.data.object_first:
+    if cfg.optim.attention_guide < 0:
+        raise ConfigError(f"optim.attention_guide must be >= 0 (0: off), got {cfg.optim.attention_guide}")
+    user = masks_user(cfg)
+    if user:
         # the masks follow a clip through the loader's crop and flip; these would move pixels or blend clips
         if cfg.data.rand_augment is not None:
-            raise ConfigError(f"data.object_first=true needs data.rand_augment=null, got "
-                              f"{list(cfg.data.rand_augment)}: RandAugment's geometric ops would move the pixels "
-                              "off their masks")
+            raise ConfigError(f"{user} needs data.rand_augment=null, got {list(cfg.data.rand_augment)}: "
+                              "RandAugment's geometric ops would move the pixels off their masks")
         for key in ("optim.mixup_alpha", "optim.cutmix_alpha"):
             if OmegaConf.select(cfg, key):
-                raise ConfigError(f"data.object_first=true needs {key}=0, got {OmegaConf.select(cfg, key)}: "
+                raise ConfigError(f"{user} needs {key}=0, got {OmegaConf.select(cfg, key)}: "
                                   "a blend of two clips has no one object")
+
+
+def masks_user(cfg: DictConfig) -> str | None:
+    """The setting that has the training loader read the train split's masks (data/masks.py), as it reads in an
+    error message; None when none does."""
+    if cfg.data.object_first:
+        return "data.object_first=true"
+    if cfg.optim.attention_guide > 0:
+        return f"optim.attention_guide={cfg.optim.attention_guide}"
+    return None
 
 
 def views_argument(text: str) -> tuple[int, int]:

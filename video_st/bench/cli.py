@@ -115,6 +115,9 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> Repo
     hard.add_argument("--train-per-class", type=int, default=128)
     hard.add_argument("--val-per-class", type=int, default=16, help="the test split")
     hard.add_argument("--pretrain-epochs", type=int, help="stage 1 (default: configs/hard/pretrain.yaml's)")
+    hard.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
+                      help="an override for stage 1 only, e.g. optim.attention_guide=1 (the backbone's [CLS] "
+                           "attention drawn to the sprites by the pretrain set's masks; docs/benchmarks.md)")
     hard.add_argument("--speed-rounds", type=int, default=5, help="timed rounds of the clips/s column (0: none)")
     hard.add_argument("--plot-dir", default="docs", help="where the two plots go")
     hard.add_argument("--variants", default="all",
@@ -217,6 +220,7 @@ def _hard_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, metho
         output_dir=args.output_dir or "outputs/hard", methods=methods, seeds=seeds, keep_rates=keep_rates,
         num_classes=args.classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, lr_for=lr_for, overrides=args.set,
+        pretrain_overrides=args.pretrain_set,
         speed_rounds=args.speed_rounds, timeout=args.timeout, plot_dir=args.plot_dir, variants=variants,
         variant_seeds=variant_seeds, probe=not args.no_probe, oracle=not args.no_oracle,
         jobs=args.jobs)

@@ -47,12 +47,12 @@ from ..synthetic.datasets import make_hard_style
 from .hard_diagnosis import VARIANTS, probe_selection, render_diagnosis, variant_sweeps
 from .hard_oracle import (ORACLE_METHODS, RANDOM_DRAWS, SELECTIONS, aggregate_oracle, oracle_scores, own_reduction,
                           render_oracle)
+from .hard_report import render
 from .hard_results import KEEP_RATE_METHODS, aggregate, check_targets, keep_curves
 from .measure import inference_model, inference_step, interleaved_timings, machine_info
 from .plots import plot_foreground, plot_suite
 from .jobs import log_tail, run_logged
 from .sweeps import Sweep, read_json, run_log_summary, run_sweeps
-from .tables import markdown_table
 
 _log = logging.getLogger(__name__)  # the steps as they start (tools/benchmark.py shows INFO)
 
@@ -74,6 +74,8 @@ class HardSuite:
     epochs: int | None = None  # stage 2, every method; None: configs/hard/target.yaml's
     lr_for: Mapping[str, float] = field(default_factory=dict)
     overrides: Sequence[str] = ()  # key=value for every run (stage 1 too), e.g. data.batch_size=4
+    # key=value for stage 1 only, e.g. optim.attention_guide=1 (a backbone whose [CLS] is drawn to the objects)
+    pretrain_overrides: Sequence[str] = ()
     speed_rounds: int = 5  # interleaved timed rounds of the clips/s column (0: no column)
     timeout: float | None = None  # seconds per training or test run
     plot_dir: str | None = "docs"  # hard_accuracy_vs_gflops.png, hard_foreground.png (None: OUTPUT_DIR)
@@ -92,6 +94,7 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     the verdicts, also in OUTPUT_DIR/suite.md) and the runs that failed (["stage 1"] when it did: then nothing
     else ran)."""
     load_config(TARGET_CONFIG, list(suite.overrides))  # a bad --set key: one line now, not after stage 1
+    load_config(PRETRAIN_CONFIG, [*suite.overrides, *suite.pretrain_overrides])
     os.makedirs(suite.output_dir, exist_ok=True)
     data = {task: prepare_data(suite, task) for task in ("pretrain", "target")}
     stage1 = pretrain_backbone(suite, data["pretrain"])
@@ -126,7 +129,7 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     plot_foreground(rows, plots["foreground"], title + ": kept foreground tokens per stage")
     diagnosis = render_diagnosis(probe, variants, beside, sparse_layers=_sparse_layers(first))
     diagnosis += render_oracle(oracle)
-    report = render(suite, stage1, rows, curves, verdicts, plots, diagnosis)
+    report = render(suite, cfg, stage1, rows, curves, verdicts, plots, diagnosis)
     failed = [r["method"] for rs in [*per_seed.values(), keep_rows, *variants_per_seed.values()] for r in rs
               if r.get("error")]
     write_atomic(os.path.join(suite.output_dir, "suite.json"), json.dumps(
@@ -166,7 +169,7 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
     backbone = os.path.abspath(os.path.join(suite.output_dir, "backbone.pt"))
     cfg = load_config(PRETRAIN_CONFIG)
     overrides = [f"output_dir={folder}", f"data.root={data}", f"model.num_classes={suite.num_classes}",
-                 "log.progress=false", "checkpoint.resume=none", *suite.overrides]
+                 "log.progress=false", "checkpoint.resume=none", *suite.overrides, *suite.pretrain_overrides]
     if suite.pretrain_epochs is not None:
         overrides.append(f"optim.epochs={suite.pretrain_epochs}")
     geometry = ["--arch", str(cfg.model.arch), "--frames", str(cfg.data.num_frames), "--img-size",
@@ -174,7 +177,9 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
     # Float reductions split by the intra-op thread count: the same config retrains to the same bytes only with
     # the same torch and threads (the training subprocess inherits this process's), so a backbone made with
     # another count is another backbone, as for the stage-2 runs (bench/sweeps.py).
-    settings = {"config": PRETRAIN_CONFIG, "overrides": overrides, "convert": geometry,
+    # the config's bytes too: an edited configs/hard/pretrain.yaml is another stage 1 under the same name
+    settings = {"config": PRETRAIN_CONFIG, "config_sha256": sha256_file(PRETRAIN_CONFIG), "overrides": overrides,
+                "convert": geometry,
                 "data": _data_settings(suite, "pretrain"), "threads": torch.get_num_threads()}
     stamp = os.path.join(suite.output_dir, "backbone.json")
     out: dict[str, Any] = {"backbone": backbone, "run": folder, "settings": settings}
@@ -338,61 +343,3 @@ def selection_oracle(suite: HardSuite, per_seed: Mapping[int, Sequence[Mapping[s
     rows = aggregate_oracle(scores)
     write_atomic(path, json.dumps({"settings": settings, "per_seed": scores, "rows": rows}, indent=1) + "\n")
     return rows
-
-
-def _trained_with(stage1: Mapping[str, Any]) -> str:
-    machine = stage1.get("machine")
-    if not isinstance(machine, dict):
-        return ""
-    return (f" (torch {machine.get('torch')}, {machine.get('cpu_threads')} threads: a rerun with both equal "
-            f"retrains it bit for bit)")
-
-
-TABLE = ["method", "seeds", "test_top1_pct", "test_top1_pct_std", "mean_class_acc_pct", "mean_class_acc_pct_std",
-         "trainable_m", "gflops", "gflops/full", "cpu_clips_s", "cpu_clips_s/full", "fg1_recall",
-         "fg1_random_recall", "fg1_precision", "fg1_random_precision"]
-
-
-def render(suite: HardSuite, stage1: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Any],
-           verdicts: Sequence[Mapping[str, Any]], plots: Mapping[str, str], diagnosis: Sequence[str] = ()) -> str:
-    """The report: stage 1, the methods table, the per-stage foreground table, the keep-rate sweep, the
-    diagnosis (bench/hard_diagnosis.render_diagnosis), the verdicts."""
-    cfg = load_config(TARGET_CONFIG)
-    lines = [f"Hard suite ({cfg.model.arch}, {cfg.data.num_frames} x {cfg.data.size}, "
-             f"{cfg.optim.epochs if suite.epochs is None else suite.epochs} epochs, test "
-             f"{cfg.test.temporal_views} x {cfg.test.spatial_views} views; "
-             f"{suite.num_classes} classes x ({suite.train_per_class} + {suite.val_per_class}); seeds "
-             f"{', '.join(map(str, suite.seeds))})",
-             f"stage 1 (pretrain task, full fine-tuning from scratch): best val top-1 "
-             f"{_pct(stage1.get('best_val_top1'))}, backbone {stage1['backbone']}{_trained_with(stage1)}", ""]
-    columns = [c for c in TABLE if c in ("method",) or any(c in r for r in rows)]
-    lines += [markdown_table(list(rows), columns), ""]
-    stages = [(r["method"], s) for r in rows for s in (r.get("foreground") or [])]
-    if stages:
-        lines += ["Kept foreground tokens per stage (first seed; recall: share of the ground-truth foreground tokens "
-                  "kept; precision: share of the kept tokens that are foreground; random: a uniform choice of the "
-                  "same number):", ""]
-        lines.append(markdown_table(
-            [{"method": m, "stage": s["stage"], "keep_share": s["keep_share"], "recall": s["recall"],
-              "random_recall": s["random_recall"], "lift": s["lift"], "precision": s["precision"],
-              "random_precision": s["random_precision"]} for m, s in stages],
-            ["method", "stage", "keep_share", "recall", "random_recall", "lift", "precision", "random_precision"]))
-        lines.append("")
-    if any(len(points) > 1 for points in curves.values()):
-        lines += ["Keep-rate sweep (first seed):", ""]
-        lines.append(markdown_table(
-            [{"method": m, "keep_rate": p[0], "gflops": p[1], "test_top1_pct": p[2], "fg1_recall": p[3]}
-             for m, points in curves.items() for p in points],
-            ["method", "keep_rate", "gflops", "test_top1_pct", "fg1_recall"]))
-        lines.append("")
-    lines += [*diagnosis, "Targets:"]
-    for v in verdicts:
-        mark = {True: "met", False: "NOT met", None: "not measured"}[v["met"]]
-        lines.append(f"- {v['target']}: {mark} ({v['detail']})")
-    lines += ["", f"plots: {plots['accuracy']}, {plots['foreground']}"]
-    return "\n".join(lines)
-
-
-def _pct(value: Any) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
-

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ..config import to_dict
+from ..config import masks_user, to_dict
 from ..data.annotations import VideoRecord, read_k400_csv, read_ssv2
 from ..data.lists import read_labelled_list
 from ..data.folders import read_class_folders
@@ -20,6 +20,7 @@ from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError
 from ..models.factory import create_model
 from ..models.methods import get_method
+from ..models.sparsify import TopKFuse
 from ..models.vit import VideoViT
 
 _log = logging.getLogger(__name__)
@@ -136,17 +137,31 @@ def train_dataset(cfg: DictConfig, records: list[VideoRecord]) -> VideoClipDatas
         output="float" if on_worker else "uint8",
     )
     masks = None
-    if data.object_first:  # the masks beside the train file; the config check kept RandAugment and mixup out
+    user = masks_user(cfg)
+    if user:  # the masks beside the train file; the config check kept RandAugment and mixup out
         if data.dataset == "folder":
-            raise ConfigError("data.object_first=true needs an annotation file to find the masks beside, "
-                              "not data.dataset=folder")
+            raise ConfigError(f"{user} needs an annotation file to find the masks beside, not data.dataset=folder")
         try:
             masks = masks_for(masks_beside(split_file(cfg, "train")), [r.video_id for r in records])
         except MasksError as err:
-            raise ConfigError(f"data.object_first=true: {err}") from err
+            raise ConfigError(f"{user}: {err}") from err
     return VideoClipDataset(records, mode="train", clip=clip_spec(cfg), transform=transform, backend=data.backend,
                             decode_threads=data.decode_threads, repeats=data.repeats, seed=cfg.engine.seed,
                             masks=masks)
+
+
+def set_mask_objectives(cfg: DictConfig, model: VideoViT) -> None:
+    """Check what the training loader's masks are for (:func:`~video_st.config.masks_user`) against the built
+    model, and turn the attention guide on in it; a ConfigError names the key."""
+    if cfg.data.object_first and not any(type(b.reducer) is TopKFuse for b in model.blocks):
+        raise ConfigError(f"data.object_first=true: model.method={cfg.model.method!r} has no top-k step to keep "
+                          "the object's tokens first (sparse_tuning, evit)")
+    if cfg.optim.attention_guide > 0:
+        layers = list(cfg.optim.attention_guide_layers)
+        try:
+            model.set_attention_guide(cfg.optim.attention_guide, layers)
+        except ValueError as err:
+            raise ConfigError(f"optim.attention_guide_layers={layers}: {err}") from err
 
 
 def eval_dataset(cfg: DictConfig, records: list[VideoRecord], *, temporal_views: int = 1,

@@ -30,11 +30,11 @@ from ..data.samplers import ShardSampler, TrainSampler
 from ..data.transforms import BatchAugment, make_mixup
 from ..fileio import write_atomic
 from ..models.calibrate import calibrate, wants_calibration
-from ..models.sparsify import KeepRateWarmup, TopKFuse
+from ..models.sparsify import KeepRateWarmup
 from ..models.spec import save_model_file
 from . import distributed
 from .backends import DDPBackend, DeepSpeedBackend, checkpoint_state_dict, deepspeed_config
-from .build import build_model, eval_dataset, output_path, read_split, train_dataset
+from .build import build_model, eval_dataset, output_path, read_split, set_mask_objectives, train_dataset
 from .checkpoint import SPEC_FILE, CheckpointManager, load_rng
 from .loading import check_weights_only, read_folder_spec
 from .evaluate import accuracy, gather, mean_loss, predict
@@ -70,11 +70,9 @@ class Trainer:
         if cfg.model.get("num_classes") not in (None, len(self.class_names)):
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {cfg.data.train} has "
                               f"{len(self.class_names)} classes")
-        train_data = train_dataset(cfg, train_records)  # with data.object_first: its masks, checked here
+        train_data = train_dataset(cfg, train_records)  # with data.object_first or a guide: its masks, checked
         self.model = build_model(cfg, classes=self.class_names, for_training=True)
-        if cfg.data.object_first and not any(type(b.reducer) is TopKFuse for b in self.model.blocks):
-            raise ConfigError(f"data.object_first=true: model.method={cfg.model.method!r} has no top-k step to keep "
-                              "the object's tokens first (sparse_tuning, evit)")
+        set_mask_objectives(cfg, self.model)
         if cfg.engine.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if wants_calibration(self.model):  # option calibrate=true (DyT, AS-ViT); before the backend broadcasts
@@ -279,11 +277,13 @@ class Trainer:
         labels = batch["label"].to(self.device)
         if self.mixup is not None:
             video, target = self.mixup(video, labels)  # soft labels, smoothing included
-        prefer = None
-        if "foreground" in batch:  # data.object_first: the clips' object pixels -> the tokens kept first
+        tokens = None
+        if "foreground" in batch:  # the clips' object pixels -> their tokens: kept first, and/or the guide's
             embed = self.model.patch_embed
-            prefer = pool_tokens(batch["foreground"], patch=embed.patch_size, tubelet=embed.tubelet_size)
-        logits, terms = self.backend.forward(video, return_terms=True, prefer=prefer)
+            tokens = pool_tokens(batch["foreground"], patch=embed.patch_size, tubelet=embed.tubelet_size)
+        logits, terms = self.backend.forward(video, return_terms=True,
+                                             prefer=tokens if self.cfg.data.object_first else None,
+                                             guide=tokens if self.cfg.optim.attention_guide > 0 else None)
         logits = logits.float()
 
         def criterion(scores: torch.Tensor) -> torch.Tensor:
@@ -292,7 +292,7 @@ class Trainer:
             return F.cross_entropy(scores, labels, label_smoothing=self.cfg.optim.label_smoothing)
 
         loss = criterion(logits)
-        self.aux_losses = terms.with_task(criterion)  # DyT's rate and distillation, AS-ViT's budget
+        self.aux_losses = terms.with_task(criterion)  # DyT's rate and distillation, AS-ViT's budget, the guide
         self.token_stats = terms.stats
         if self.aux_losses:
             loss = loss + sum(self.aux_losses.values())

@@ -55,6 +55,9 @@ class TokenState:
     # (B, N) bool over the original grid: tokens a top-k step keeps before any other (the ground-truth object:
     # the selection oracle, data.object_first); None: by score alone
     prefer: torch.Tensor | None = None
+    # (B, N) bool over the original grid: the object's tokens the attention guide draws the scoring rows to in
+    # training (models/guide.py, optim.attention_guide); None: no guide
+    guide: torch.Tensor | None = None
 
     def attention_bias(self, num_prefix: int) -> torch.Tensor | None:
         """(B, P + n) bias for the attention's keys (zero for the prefix), or None when there is none."""

@@ -14,7 +14,7 @@ Every slot defaults to doing nothing, so no code here asks which method it runs.
 Interface (timm's): ``forward_features``, ``forward_head(pre_logits=False)``, ``forward``, ``no_weight_decay``,
 ``set_grad_checkpointing``; plus ``set_keep_rate`` for keep-rate schedules, and ``forward(x, return_terms=True)``
 returning the method's :class:`~video_st.models.terms.LossTerms` (DyT's activation rate and self-distillation,
-AS-ViT's budget).
+AS-ViT's budget, and the attention guide's term: ``set_attention_guide``, :mod:`video_st.models.guide`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .guide import guide_record
 from .layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed3d, QKVUpdate, fixed_grid_table
 from .slots import Adapter, Dispatcher, Prompts, Reducer, Slot, is_slot
 from .sparsify import TokenState, expand_keep_rates
@@ -73,11 +74,20 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
         self.adapter = slots.adapter or Adapter()
         self.num_prefix = num_prefix
+        # the attention guide (a training objective, set by VideoViT.set_attention_guide; not part of the model's
+        # spec): its weight, and the row it guides when the reducer asks for none ("cls", or "mean" without [CLS])
+        self.guide_weight = 0.0
+        self.guide_rows = "cls"
 
     def forward(self, x: torch.Tensor, state: TokenState) -> tuple[torch.Tensor, TokenState]:
         state = self.adapter.enter(x, state)
+        guided = self.guide_weight > 0 and state.guide is not None
+        # a reducer's own scoring row is the one to guide: it is what its top-k ranks by
+        rows = self.reducer.rows or (self.guide_rows if guided else None)
         attn_out, info = self.attn(self.norm1(x), key_bias=state.attention_bias(self.num_prefix),
-                                   rows=self.reducer.rows, keys=self.reducer.keys, head_norms=self.reducer.head_norms)
+                                   rows=rows, keys=self.reducer.keys, head_norms=self.reducer.head_norms)
+        if guided:
+            state = state.record(guide_record(info.rows, state, num_prefix=self.num_prefix, weight=self.guide_weight))
         x = x + self.drop_path1(self.ls1(attn_out))
         x, state = self.reducer(x, state, info)
         mlp_out, state = self.dispatcher(x, self.norm2, self.mlp, state)
@@ -251,6 +261,17 @@ class VideoViT(nn.Module):
         for block, rate in zip(blocks, expand_keep_rates(keep_rate, len(blocks)), strict=True):
             block.reducer.keep_rate = rate
 
+    def set_attention_guide(self, weight: float, layers: Sequence[int] = ()) -> None:
+        """Train the scoring rows of ``layers`` (1-based; empty: every layer) towards the tokens given as
+        ``forward(..., guide=)`` with loss weight ``weight`` (models/guide.py); ``weight=0`` turns it off."""
+        depth = len(self.blocks)
+        bad = [layer for layer in layers if not 1 <= layer <= depth]
+        if bad:
+            raise ValueError(f"attention guide layers {bad}: the model has layers 1 to {depth}")
+        for i, block in enumerate(self.blocks, start=1):
+            block.guide_weight = weight if not layers or i in layers else 0.0
+            block.guide_rows = "cls" if self.num_prefix_tokens else "mean"
+
     @property
     def keep_rates(self) -> tuple[float, ...]:
         return tuple(b.reducer.keep_rate for b in self.reducing_blocks)
@@ -314,17 +335,22 @@ class VideoViT(nn.Module):
             x = torch.cat([cls, x], dim=1)
         return self.pos_drop(x)
 
-    def _features(self, x: torch.Tensor, full_tokens: bool = False,
-                  prefer: torch.Tensor | None = None) -> tuple[torch.Tensor, TokenState]:
+    def _grid_mask(self, name: str, mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+        """A (B, T', H', W') or (B, N) token mask as (B, N) bool on x's device; a wrong shape is a ValueError."""
+        if mask is None:
+            return None
+        batch, num_tokens = x.shape[0], x.shape[1] - self.num_prefix_tokens
+        if mask.shape[0] != batch or mask[0].numel() != num_tokens:
+            raise ValueError(f"{name}: {tuple(mask.shape)} for {batch} clips of {num_tokens} tokens "
+                             f"(grid {tuple(self.patch_embed.grid_size)})")
+        return mask.reshape(batch, num_tokens).to(device=x.device, dtype=torch.bool)
+
+    def _features(self, x: torch.Tensor, full_tokens: bool = False, prefer: torch.Tensor | None = None,
+                  guide: torch.Tensor | None = None) -> tuple[torch.Tensor, TokenState]:
         x = self._pos_embed(self.patch_embed(x))
         batch, num_tokens = x.shape[0], x.shape[1] - self.num_prefix_tokens
-        if prefer is not None:
-            if prefer.shape[0] != batch or prefer[0].numel() != num_tokens:
-                raise ValueError(f"prefer: {tuple(prefer.shape)} for {batch} clips of {num_tokens} tokens "
-                                 f"(grid {tuple(self.patch_embed.grid_size)})")
-            prefer = prefer.reshape(batch, num_tokens).to(device=x.device, dtype=torch.bool)
         state = TokenState(ids=torch.arange(num_tokens, device=x.device).expand(batch, -1), full_tokens=full_tokens,
-                           prefer=prefer)
+                           prefer=self._grid_mask("prefer", prefer, x), guide=self._grid_mask("guide", guide, x))
         for layer, block in enumerate(self.blocks):
             x = self.prompts.insert(x, layer, self.num_prefix_tokens)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -354,12 +380,13 @@ class VideoViT(nn.Module):
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor, return_terms: bool = False,
-                prefer: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, LossTerms]:
+    def forward(self, x: torch.Tensor, return_terms: bool = False, prefer: torch.Tensor | None = None,
+                guide: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, LossTerms]:
         """Logits; with ``return_terms=True`` also the method's :class:`LossTerms` for this pass (the training
         loop adds ``terms.with_task(criterion)``; tools read ``terms.stats``). ``prefer``: as in
-        :meth:`forward_features` (training with data.object_first)."""
-        feats, state = self._features(x, prefer=prefer)
+        :meth:`forward_features` (training with data.object_first). ``guide``: the object's tokens, shaped as
+        ``prefer``, for the attention guide's loss term (:meth:`set_attention_guide`; optim.attention_guide)."""
+        feats, state = self._features(x, prefer=prefer, guide=guide)
         logits = self.forward_head(feats)
         if not return_terms:
             return logits
