@@ -138,6 +138,28 @@ def test_two_runs_in_one_folder_are_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing prepared, nothing started
 
 
+def test_an_edited_base_config_is_another_run_under_the_same_names(tmp_path):
+    # configs/hard/target.yaml reads configs/hard/pretrain.yaml as its base: an edit there (a stage-1 setting
+    # such as optim.attention_guide) changes every stage-2 run, though no path or override does
+    from video_st.bench.sweeps import Sweep, _plan_run
+    from video_st.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "base.yaml").write_text(f"base: {os.path.join(root, 'configs/tiny_cpu.yaml')}\n")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\n")
+    sweep = Sweep(methods=["linear"], config=str(tmp_path / "run.yaml"), backbone=str(tmp_path / "backbone.pt"),
+                  data=str(tmp_path / "data"), output_dir=str(tmp_path / "runs"))
+
+    def settings():
+        return _plan_run(sweep, "linear", base=load_config(sweep.config), threads=1, digests={}).settings
+
+    before = settings()
+    (tmp_path / "base.yaml").write_text((tmp_path / "base.yaml").read_text() + "optim:\n  attention_guide: 1.0\n")
+    after = settings()
+    assert before["overrides"] == after["overrides"] and before["config"] == after["config"]
+    assert before != after and after["resolved"]["optim"]["attention_guide"] == 1.0
+
+
 def test_the_command_line_names_each_method_and_number_once():
     import argparse
 

@@ -145,3 +145,5 @@ def test_the_guide_without_masks_or_with_a_negative_weight_is_one_line(tiny_k400
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match=r"optim.attention_guide must be >= 0 \(0: off\), got -1"):
         load_config(TINY, ["optim.attention_guide=-1"])
+    with pytest.raises(ConfigError, match=r"optim.attention_guide_layers=\[2\] does nothing with optim.attention_guide=0"):
+        load_config(TINY, ["optim.attention_guide_layers=[2]"])

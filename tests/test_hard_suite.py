@@ -87,7 +87,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
             "--output-dir", str(out), "--plot-dir", str(out), "--speed-rounds", "1",
             "--variants", "layers=1+3,dense_adapter:form=published", "--seeds", "0,1", "--variant-seeds", "0,1",
             "--set", "data.batch_size=4", "--set", "data.num_workers=0", "--jobs", "2",
-            "--pretrain-set", "optim.attention_guide=1"]
+            "--pretrain-set", "optim.attention_guide=0.5"]
     report = benchmark(argv, description="")
     assert report.code == 0
     printed = "\n".join(report.lines)
@@ -107,9 +107,11 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
     assert (out / "suite.md").read_text().startswith("Hard suite")
     assert f"{torch.get_num_threads()} threads: a rerun with both equal" in printed  # what reproduces stage 1
     assert saved["stage1"]["settings"]["threads"] == torch.get_num_threads()  # and a rerun compares it
-    # --pretrain-set: stage 1 trained with the attention guide (on the pretrain set's masks), stage 2 without
-    assert "optim.attention_guide=1" in saved["stage1"]["settings"]["overrides"]
-    assert "from scratch; optim.attention_guide=1)" in printed
+    # stage 1 trains with the attention guide (configs/hard/pretrain.yaml; on the pretrain set's masks), at the
+    # weight --pretrain-set gives it; stage 2 without
+    assert "optim.attention_guide=0.5" in saved["stage1"]["settings"]["overrides"]
+    assert "from scratch; optim.attention_guide=0.5)" in printed
+    assert load_config(str(out / "pretrain" / "config.yaml")).optim.attention_guide == 0.5
     stage1_log = [json.loads(line) for line in (out / "pretrain" / "log.jsonl").read_text().splitlines()]
     assert any("loss_attention_guide" in r for r in stage1_log)
     assert load_config(str(out / "seed0" / "linear" / "config.yaml")).optim.attention_guide == 0

@@ -333,6 +333,9 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"data.rand_augment must be [num_ops, magnitude] or null, got {list(cfg.data.rand_augment)}")
     if cfg.optim.attention_guide < 0:
         raise ConfigError(f"optim.attention_guide must be >= 0 (0: off), got {cfg.optim.attention_guide}")
+    if cfg.optim.attention_guide_layers and not cfg.optim.attention_guide:
+        raise ConfigError(f"optim.attention_guide_layers={list(cfg.optim.attention_guide_layers)} does nothing with "
+                          "optim.attention_guide=0: give the guide a weight, or drop the layers")
     user = masks_user(cfg)
     if user:
         # the masks follow a clip through the loader's crop and flip; these would move pixels or blend clips

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from ..config import load_config
+from ..config import load_config, to_dict
 from ..engine import multiview as tester
 from ..engine.build import eval_dataset, read_split
 from ..fileio import sha256_file, write_atomic
@@ -79,7 +79,7 @@ class HardSuite:
     speed_rounds: int = 5  # interleaved timed rounds of the clips/s column (0: no column)
     timeout: float | None = None  # seconds per training or test run
     plot_dir: str | None = "docs"  # hard_accuracy_vs_gflops.png, hard_foreground.png (None: OUTPUT_DIR)
-    variants: Sequence[str] = tuple(VARIANTS)  # a method retrained with each; () none
+    variants: Sequence[str] = ()  # a method retrained with each (names of hard_diagnosis.VARIANTS); () none
     variant_seeds: Sequence[int] = ()  # of `seeds`, the variants run on; () the first seed
     probe: bool = True  # the frozen backbone's selection per layer and scoring query
     oracle: bool = True  # the trained top-k models tested again with their tokens chosen 4 ways (hard_oracle)
@@ -177,9 +177,9 @@ def pretrain_backbone(suite: HardSuite, data: str) -> dict[str, Any]:
     # Float reductions split by the intra-op thread count: the same config retrains to the same bytes only with
     # the same torch and threads (the training subprocess inherits this process's), so a backbone made with
     # another count is another backbone, as for the stage-2 runs (bench/sweeps.py).
-    # the config's bytes too: an edited configs/hard/pretrain.yaml is another stage 1 under the same name
-    settings = {"config": PRETRAIN_CONFIG, "config_sha256": sha256_file(PRETRAIN_CONFIG), "overrides": overrides,
-                "convert": geometry,
+    # the config as read (an edited configs/hard/pretrain.yaml is another stage 1 under the same name)
+    settings = {"config": PRETRAIN_CONFIG, "resolved": to_dict(load_config(PRETRAIN_CONFIG, overrides)),
+                "overrides": overrides, "convert": geometry,
                 "data": _data_settings(suite, "pretrain"), "threads": torch.get_num_threads()}
     stamp = os.path.join(suite.output_dir, "backbone.json")
     out: dict[str, Any] = {"backbone": backbone, "run": folder, "settings": settings}

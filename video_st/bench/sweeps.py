@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import load_config
+from ..config import load_config, to_dict
 from ..data.masks import masks_beside
 from ..engine import multiview as tester  # the test tool's loading: the one name to change if the module moves
 from ..engine.build import eval_dataset, read_split, split_file
@@ -178,7 +178,10 @@ def _plan_run(sweep: Sweep, method: str, *, base: Any, threads: int, digests: di
                  f"data.val={os.path.join(data, 'annotations', 'val.csv')}", "log.progress=false", *sweep.overrides,
                  *([f"optim.epochs={sweep.epochs}"] if sweep.epochs is not None else []),
                  f"output_dir={folder}", f"model.method={method}", f"optim.lr={lr}"]
-    settings = {"overrides": overrides, "config": sweep.config, "test_checkpoint": sweep.test_checkpoint,
+    # the config as the run will read it, its base files and defaults included: an edited config file (or a
+    # base one) is another run under the same name
+    settings = {"overrides": overrides, "config": sweep.config,
+                "resolved": to_dict(load_config(sweep.config, overrides)), "test_checkpoint": sweep.test_checkpoint,
                 "inputs": digests[sweep.backbone, data], "threads": threads}
     checkpoint = os.path.join(folder, "model_final.pt") if sweep.test_checkpoint == "final" else None
     test_dir = os.path.join(folder, "test")
