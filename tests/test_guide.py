@@ -1,5 +1,6 @@
 """The attention guide (video_st/models/guide.py, optim.attention_guide): its loss on hand-built rows, a tiny model
-trained by it alone, and the trainer feeding it each training clip's masks."""
+trained by it alone, the trainer feeding it each training clip's masks; and what the two users of the training
+masks (the guide, data.object_first) refuse."""
 
 import json
 import math
@@ -125,24 +126,31 @@ def test_training_with_the_guide_feeds_it_each_clips_object_tokens(hard_override
     assert steps and all(r["loss_attention_guide"] > 0 and 0 < r["guide_foreground_share"] <= 1 for r in steps)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["data.rand_augment=[2,9]"], r"optim.attention_guide=1.0 needs data.rand_augment=null"),
-    (["optim.cutmix_alpha=1.0"], r"optim.attention_guide=1.0 needs optim.cutmix_alpha=0"),
-    (["optim.attention_guide_layers=[0,9]"],
+@pytest.mark.parametrize("user, extra, message", [
+    ("data.object_first=true", ["model.method=dense_adapter"], "model.method='dense_adapter' has no top-k step"),
+    ("data.object_first=true", ["data.rand_augment=[2,9]"], r"data.object_first=true needs data.rand_augment=null"),
+    ("data.object_first=true", ["optim.mixup_alpha=0.8"], r"data.object_first=true needs optim.mixup_alpha=0"),
+    ("optim.attention_guide=1", ["data.rand_augment=[2,9]"], r"optim.attention_guide=1.0 needs data.rand_augment=null"),
+    ("optim.attention_guide=1", ["optim.cutmix_alpha=1.0"], r"optim.attention_guide=1.0 needs optim.cutmix_alpha=0"),
+    ("optim.attention_guide=1", ["optim.attention_guide_layers=[0,9]"],
      r"optim.attention_guide_layers=\[0, 9\]: attention guide layers \[0, 9\]: the model has layers 1 to 4"),
 ])
-def test_the_guide_refuses_what_it_cannot_honour(hard_overrides, tmp_path, extra, message):
+def test_what_reads_the_masks_refuses_what_it_cannot_honour(hard_overrides, tmp_path, user, extra, message):
     with pytest.raises(ConfigError, match=message):
-        train(load_config(TINY, [*hard_overrides, "optim.attention_guide=1", "engine.kind=ddp",
-                                 f"output_dir={tmp_path / 'run'}", *extra]))
+        train(load_config(TINY, [*hard_overrides, user, "engine.kind=ddp", f"output_dir={tmp_path / 'run'}", *extra]))
     assert not (tmp_path / "run").exists()  # refused before any output
 
 
-def test_the_guide_without_masks_or_with_a_negative_weight_is_one_line(tiny_k400, tmp_path):
-    cfg = load_config(TINY, tiny_overrides(tiny_k400, tmp_path / "run", "optim.attention_guide=1", "engine.kind=ddp"))
-    with pytest.raises(ConfigError, match=r"optim.attention_guide=1.0: .*train_masks.npz: no such masks file"):
+@pytest.mark.parametrize("user, named", [("data.object_first=true", "data.object_first=true"),
+                                         ("optim.attention_guide=1", "optim.attention_guide=1.0")])
+def test_what_reads_the_masks_without_them_names_the_file_it_looked_for(tiny_k400, tmp_path, user, named):
+    cfg = load_config(TINY, tiny_overrides(tiny_k400, tmp_path / "run", user, "engine.kind=ddp"))
+    with pytest.raises(ConfigError, match=f"{named}: .*train_masks.npz: no such masks file"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_negative_guide_or_layers_without_a_weight_is_one_line():
     with pytest.raises(ConfigError, match=r"optim.attention_guide must be >= 0 \(0: off\), got -1"):
         load_config(TINY, ["optim.attention_guide=-1"])
     with pytest.raises(ConfigError, match=r"optim.attention_guide_layers=\[2\] does nothing with optim.attention_guide=0"):
