@@ -73,4 +73,3 @@ def render(suite: HardSuite, cfg: DictConfig, stage1: Mapping[str, Any], rows: S
 
 def _pct(value: Any) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
-
