@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from video_st.errors import ConfigError
-from video_st.config import add_config_arguments, load_config, parse_config_args, save_config
+from video_st.cli_args import add_config_arguments, parse_config_args
+from video_st.config import load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--submitit-local" if "--local" in rest else "--slurm"
         return preprocess_main([a for a in rest if a != "--local"] + [flag])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from video_st.config import add_config_arguments, parse_config_args
+    from video_st.cli_args import add_config_arguments, parse_config_args
 
     parser.add_argument("what", choices=["train", "test"])
     add_config_arguments(parser, "key=value config overrides")

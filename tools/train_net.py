@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from video_st.config import add_config_arguments, load_config, parse_config_args
+    from video_st.cli_args import add_config_arguments, parse_config_args
+    from video_st.config import load_config
 
     add_config_arguments(parser, "key=value overrides, e.g. optim.lr=5e-4 engine.kind=ddp")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher

@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 
-from ..config import views_argument
+from ..cli_args import views_argument
 from ..models.factory import list_models
 from ..models.methods import list_methods
 
