@@ -32,14 +32,25 @@ def test_loss_is_the_cross_entropy_from_the_foreground_to_the_row_over_the_curre
                        guide=torch.tensor([[True, False, True, True], [False, False, False, False]]))
     record = guide_record(rows, state, num_prefix=1, weight=2.0)
     expected = -(math.log(0.125) + math.log(0.5) + math.log(0.125)) / 3  # clip 2 has nothing to be drawn to
-    assert record.loss_value.item() == pytest.approx(expected)
-    assert record.share.item() == pytest.approx(0.125 + 0.5 + 0.125)
+    assert record.clips.item() == 1 and record.loss_sum.item() == pytest.approx(expected)
+    assert GuideRecord.stats([record])["guide_foreground_share"].item() == pytest.approx(0.125 + 0.5 + 0.125)
     assert GuideRecord.loss([record, record]).item() == pytest.approx(2.0 * expected)
+    # a layer where no clip has foreground adds nothing to the mean (a 0 there would halve the loss)
+    empty = guide_record(rows, TokenState(ids=state.ids, guide=torch.zeros_like(state.guide)), num_prefix=1,
+                         weight=2.0)
+    assert empty.clips.item() == 0
+    assert GuideRecord.loss([record, empty]).item() == pytest.approx(2.0 * expected)
+    # a token AS-ViT's training mask has dropped (log-mask key bias) keeps its grid id but is no target: the
+    # loss is then over tokens 0 and 3 alone
+    dropped = TokenState(ids=state.ids, guide=state.guide,
+                         key_bias=torch.log(torch.tensor([[1.0, 1e-6, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])))
+    expected_alive = -(math.log(0.125) + math.log(0.125)) / 2
+    assert guide_record(rows, dropped, num_prefix=1, weight=1.0).loss_sum.item() == pytest.approx(expected_alive)
     # the fused token's mass is no foreground mass: a row that puts all of it there scores as far from the
     # object as one that puts it on the background
     on_fused = torch.tensor([[[0.0, 0.0, 0.0, 1.0, 0.0]]])
     one = TokenState(ids=torch.tensor([[3, 0, -1, 2]]), guide=torch.tensor([[True, False, True, True]]))
-    assert guide_record(on_fused, one, num_prefix=1, weight=1.0).share.item() == 0.0
+    assert guide_record(on_fused, one, num_prefix=1, weight=1.0).share_sum.item() == 0.0
 
 
 def _tiny(method="full", **options):

@@ -14,6 +14,7 @@ from video_st.bench.hard_oracle import SELECTIONS
 from video_st.bench.cli import main as benchmark
 from video_st.config import load_config
 from video_st.engine.build import build_model
+from video_st.errors import ConfigError
 
 
 def test_aggregate_means_seeds_with_their_spread_and_ratios_to_full():
@@ -110,7 +111,7 @@ def test_smallest_suite_runs_end_to_end_and_a_rerun_reuses_it(tmp_path, caplog):
     # stage 1 trains with the attention guide (configs/hard/pretrain.yaml; on the pretrain set's masks), at the
     # weight --pretrain-set gives it; stage 2 without
     assert "optim.attention_guide=0.5" in saved["stage1"]["settings"]["overrides"]
-    assert "from scratch; optim.attention_guide=0.5)" in printed
+    assert "from scratch, attention guide 0.5; optim.attention_guide=0.5)" in printed  # the resolved weight named
     assert load_config(str(out / "pretrain" / "config.yaml")).optim.attention_guide == 0.5
     stage1_log = [json.loads(line) for line in (out / "pretrain" / "log.jsonl").read_text().splitlines()]
     assert any("loss_attention_guide" in r for r in stage1_log)
@@ -175,6 +176,16 @@ def test_suite_refuses_what_it_makes_itself(capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark(["train-methods", "--suite", "hard", "--jobs", "0"], description="")
     assert exit_info.value.code == 2 and "--jobs 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_a_stage1_override_the_model_cannot_take_is_refused_before_anything_is_made(tmp_path):
+    # the guide's layers are checked against the built stage-1 model, not first in its training subprocess after
+    # both datasets were generated
+    out = tmp_path / "hard"
+    suite = hard_suite.HardSuite(output_dir=str(out), pretrain_overrides=["optim.attention_guide_layers=[9]"])
+    with pytest.raises(ConfigError, match=r"optim.attention_guide_layers=\[9\]: .*the model has layers 1 to 4"):
+        hard_suite.run_suite(suite)
+    assert not out.exists()
 
 
 def test_variants_sit_beside_the_suite_rows_of_the_methods_they_change():

@@ -116,8 +116,8 @@ def train_methods_main(parser: argparse.ArgumentParser, argv: list[str]) -> Repo
     hard.add_argument("--val-per-class", type=int, default=16, help="the test split")
     hard.add_argument("--pretrain-epochs", type=int, help="stage 1 (default: configs/hard/pretrain.yaml's)")
     hard.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
-                      help="an override for stage 1 only, e.g. optim.attention_guide=1 (the backbone's [CLS] "
-                           "attention drawn to the sprites by the pretrain set's masks; docs/benchmarks.md)")
+                      help="an override for stage 1 only, e.g. optim.attention_guide=0 (the backbone trained "
+                           "without the guide that draws its [CLS] attention to the sprites; docs/benchmarks.md)")
     hard.add_argument("--speed-rounds", type=int, default=5, help="timed rounds of the clips/s column (0: none)")
     hard.add_argument("--plot-dir", default="docs", help="where the two plots go")
     hard.add_argument("--variants", default="none",

@@ -22,8 +22,12 @@ def _trained_with(stage1: Mapping[str, Any]) -> str:
             f"retrains it bit for bit)")
 
 
-def _stage1_changes(suite: HardSuite) -> str:
-    return f"; {', '.join(suite.pretrain_overrides)}" if suite.pretrain_overrides else ""
+def _stage1_changes(suite: HardSuite, stage1: Mapping[str, Any]) -> str:
+    """How stage 1 trained: the attention guide's weight as resolved (configs/hard/pretrain.yaml's unless an
+    override changed it: the suite's figures depend on it), then the overrides as given."""
+    guide = stage1["settings"]["resolved"]["optim"]["attention_guide"]
+    text = f", attention guide {guide:g}" if guide > 0 else ", no attention guide"
+    return text + (f"; {', '.join(suite.pretrain_overrides)}" if suite.pretrain_overrides else "")
 
 
 TABLE = ["method", "seeds", "test_top1_pct", "test_top1_pct_std", "mean_class_acc_pct", "mean_class_acc_pct_std",
@@ -41,7 +45,7 @@ def render(suite: HardSuite, cfg: DictConfig, stage1: Mapping[str, Any], rows: S
              f"{cfg.test.temporal_views} x {cfg.test.spatial_views} views; "
              f"{suite.num_classes} classes x ({suite.train_per_class} + {suite.val_per_class}); seeds "
              f"{', '.join(map(str, suite.seeds))})",
-             f"stage 1 (pretrain task, full fine-tuning from scratch{_stage1_changes(suite)}): best val top-1 "
+             f"stage 1 (pretrain task, full fine-tuning from scratch{_stage1_changes(suite, stage1)}): best val top-1 "
              f"{_pct(stage1.get('best_val_top1'))}, backbone {stage1['backbone']}{_trained_with(stage1)}", ""]
     columns = [c for c in TABLE if c in ("method",) or any(c in r for r in rows)]
     lines += [markdown_table(list(rows), columns), ""]

@@ -13,7 +13,8 @@ The steps, each reused on a rerun when its recorded settings are unchanged (a ki
 4. the keep-rate sweep: the keep-rate methods (Sparse-Tuning, EViT, ToMe) at other keep rates, first seed;
 5. CPU clips/s of every trained model (first seed), interleaved on real test clips in one process;
 6. why Sparse-Tuning stands where it does (bench/hard_diagnosis.py): the frozen backbone's own selection per layer
-   and scoring query (no training), and Sparse-Tuning retrained with one change each (first seed);
+   and scoring query (no training), and, with ``variants``, a method retrained with one change each (first
+   seed);
 7. the selection oracle (bench/hard_oracle.py): every seed's trained Sparse-Tuning, EViT and Dense Adapters (and
    their variants) tested again with their tokens chosen by their own scoring, by the masks, at random, or all
    kept (no training).
@@ -40,7 +41,7 @@ import torch
 
 from ..config import load_config, to_dict
 from ..engine import multiview as tester
-from ..engine.build import eval_dataset, read_split
+from ..engine.build import build_model, eval_dataset, read_split, set_mask_objectives
 from ..fileio import sha256_file, write_atomic
 from ..models.methods import list_methods
 from ..synthetic.datasets import make_hard_style
@@ -74,7 +75,7 @@ class HardSuite:
     epochs: int | None = None  # stage 2, every method; None: configs/hard/target.yaml's
     lr_for: Mapping[str, float] = field(default_factory=dict)
     overrides: Sequence[str] = ()  # key=value for every run (stage 1 too), e.g. data.batch_size=4
-    # key=value for stage 1 only, e.g. optim.attention_guide=1 (a backbone whose [CLS] is drawn to the objects)
+    # key=value for stage 1 only, e.g. optim.attention_guide=0 (a backbone trained without the guide)
     pretrain_overrides: Sequence[str] = ()
     speed_rounds: int = 5  # interleaved timed rounds of the clips/s column (0: no column)
     timeout: float | None = None  # seconds per training or test run
@@ -94,7 +95,8 @@ def run_suite(suite: HardSuite, args: Mapping[str, Any] | None = None) -> tuple[
     the verdicts, also in OUTPUT_DIR/suite.md) and the runs that failed (["stage 1"] when it did: then nothing
     else ran)."""
     load_config(TARGET_CONFIG, list(suite.overrides))  # a bad --set key: one line now, not after stage 1
-    load_config(PRETRAIN_CONFIG, [*suite.overrides, *suite.pretrain_overrides])
+    pretrain_cfg = load_config(PRETRAIN_CONFIG, [*suite.overrides, *suite.pretrain_overrides])
+    set_mask_objectives(pretrain_cfg, build_model(pretrain_cfg))  # e.g. guide layers past the model's depth
     os.makedirs(suite.output_dir, exist_ok=True)
     data = {task: prepare_data(suite, task) for task in ("pretrain", "target")}
     stage1 = pretrain_backbone(suite, data["pretrain"])
